@@ -1,0 +1,28 @@
+"""The error hierarchy. Every error we raise on purpose is a :class:`StrongroomError`.
+
+The HTTP layer maps these classes to RFC 9457 problems in one place; the
+messages are written to be shown to a caller, so they never carry secrets or
+personal data.
+"""
+
+from __future__ import annotations
+
+
+class StrongroomError(Exception):
+    """Base of every deliberate error."""
+
+
+class InvalidError(StrongroomError):
+    """The input is not acceptable (422)."""
+
+
+class NotFoundError(StrongroomError):
+    """No such thing, or not visible to this tenant (404)."""
+
+
+class ConflictError(StrongroomError):
+    """The state moved under the caller: retry with fresh state (409)."""
+
+
+class ForbiddenError(StrongroomError):
+    """Authenticated, but not allowed (403)."""

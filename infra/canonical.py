@@ -1,0 +1,61 @@
+"""Canonical event bytes: RFC 8785 (JCS) JSON over a restricted value domain.
+
+The domain is strings, integers with magnitude below 2**53, booleans, null,
+arrays and objects whose keys are ASCII strings. Floats are refused outright
+(their JCS form depends on ECMAScript number formatting, an easy place for two
+implementations to disagree). Within that domain JCS is exactly "sorted keys,
+no whitespace, minimal escapes, UTF-8", which orjson produces; a property test
+checks the output against the reference ``rfc8785`` package byte for byte.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_LEAF_BYTES = 256 * 1024
+
+
+class CanonicalEncodingError(ValueError):
+    """A value cannot be put into a leaf; the message names where it is."""
+
+
+def check_value(value: Any, path: str = "$") -> None:
+    """Raise :class:`CanonicalEncodingError` unless ``value`` is in the leaf domain."""
+    if value is None or value is True or value is False or type(value) is str:
+        return
+    if type(value) is int:
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return
+        raise CanonicalEncodingError(f"{path}: integer outside ±(2**53-1)")
+    if type(value) is float:
+        raise CanonicalEncodingError(f"{path}: floats are not allowed in events; use a string")
+    if type(value) is list:
+        for i, item in enumerate(value):
+            check_value(item, f"{path}[{i}]")
+        return
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise CanonicalEncodingError(f"{path}: object keys must be strings")
+            if not key.isascii():
+                raise CanonicalEncodingError(f"{path}: object key {key!r} is not ASCII")
+            check_value(item, f"{path}.{key}")
+        return
+    raise CanonicalEncodingError(f"{path}: {type(value).__name__} is not a JSON value")
+
+
+def encode(value: Any) -> bytes:
+    """The canonical bytes of ``value`` (checked first)."""
+    check_value(value)
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as e:  # e.g. a lone surrogate in a string
+        raise CanonicalEncodingError(f"$: {e}") from None
+
+
+def decode(data: bytes) -> Any:
+    """Parse leaf bytes (any JSON; use :func:`encode` to check they are canonical)."""
+    return orjson.loads(data)

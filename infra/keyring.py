@@ -1,0 +1,202 @@
+"""Envelope encryption: master key -> tenant keys -> subject keys -> personal values.
+
+Every layer is AES-256-GCM with a 96-bit random nonce; a sealed blob is
+``nonce || ciphertext || tag``. The associated data binds each blob to where it
+belongs (``tenant_id|object_id|key_version``), so a blob pasted onto another row,
+tenant or key version fails to open. The master key comes from the environment
+or a key file and is never written to the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+import asyncpg
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+NONCE_SIZE = 12
+KEY_SIZE = 32
+
+
+class KeyringError(Exception):
+    """Base for key problems."""
+
+
+class DecryptionError(KeyringError):
+    """A sealed value does not open: wrong key, wrong place, or tampered."""
+
+
+class SubjectErasedError(KeyringError):
+    """The data subject was crypto-shredded; no new personal data is taken for it."""
+
+    def __init__(self, subject_id: str) -> None:
+        super().__init__("the data subject has been erased")
+        self.subject_id = subject_id
+
+
+def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = secrets.token_bytes(NONCE_SIZE)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def open_sealed(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    try:
+        return AESGCM(key).decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
+    except (InvalidTag, ValueError):
+        raise DecryptionError("sealed value does not open in this place") from None
+
+
+def _aad(tenant_id: UUID, object_id: str, key_version: int) -> bytes:
+    return f"{tenant_id}|{object_id}|{key_version}".encode()
+
+
+def pii_aad(tenant_id: UUID, subject_id: str, field: str, event_id: UUID) -> bytes:
+    return _aad(tenant_id, f"pii:{subject_id}:{event_id}:{field}", 1)
+
+
+def load_or_create_dev_master_key(data_dir: Path) -> bytes:
+    """For development only: a master key kept in the data dir, made on first start."""
+    path = data_dir / "master.key"
+    if path.exists():
+        return base64.b64decode(path.read_text().strip())
+    key = secrets.token_bytes(KEY_SIZE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.b64encode(key).decode() + "\n")
+    print(
+        f"WARNING: generated a development master key at {path}. "
+        "In production set STRONGROOM_MASTER_KEY or STRONGROOM_MASTER_KEY_FILE "
+        "from a secrets manager; whoever holds it can unwrap every tenant key.",
+        file=sys.stderr,
+    )
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectKey:
+    subject_id: str
+    key: bytes | None
+    """None: the subject has been erased."""
+
+
+class Keyring:
+    """Unwraps and creates tenant and subject keys inside a tenant transaction.
+
+    Unwrapped tenant keys are cached in memory per (tenant, version); subject
+    keys are not cached, so a shred is effective for the next read everywhere.
+    """
+
+    def __init__(self, master_key: bytes) -> None:
+        if len(master_key) != KEY_SIZE:
+            raise ValueError("the master key is 32 bytes")
+        self._master = master_key
+        self._tenant_keys: dict[tuple[UUID, int], bytes] = {}
+
+    async def primary_tenant_key(
+        self, conn: asyncpg.Connection, tenant_id: UUID
+    ) -> tuple[int, bytes]:
+        row = await conn.fetchrow(
+            "SELECT version, wrapped FROM tenant_key WHERE tenant_id = $1 AND is_primary",
+            tenant_id,
+        )
+        if row is None:
+            key = secrets.token_bytes(KEY_SIZE)
+            wrapped = seal(self._master, key, _aad(tenant_id, "tenant-key", 1))
+            await conn.execute(
+                "INSERT INTO tenant_key (tenant_id, version, wrapped) VALUES ($1, 1, $2) "
+                "ON CONFLICT DO NOTHING",
+                tenant_id,
+                wrapped,
+            )
+            row = await conn.fetchrow(
+                "SELECT version, wrapped FROM tenant_key WHERE tenant_id = $1 AND is_primary",
+                tenant_id,
+            )
+            assert row is not None
+        return row["version"], self._unwrap_tenant_key(tenant_id, row["version"], row["wrapped"])
+
+    async def tenant_key(self, conn: asyncpg.Connection, tenant_id: UUID, version: int) -> bytes:
+        cached = self._tenant_keys.get((tenant_id, version))
+        if cached is not None:
+            return cached
+        wrapped = await conn.fetchval(
+            "SELECT wrapped FROM tenant_key WHERE tenant_id = $1 AND version = $2",
+            tenant_id,
+            version,
+        )
+        if wrapped is None:
+            raise DecryptionError(f"tenant key version {version} is missing")
+        return self._unwrap_tenant_key(tenant_id, version, wrapped)
+
+    def _unwrap_tenant_key(self, tenant_id: UUID, version: int, wrapped: bytes) -> bytes:
+        cached = self._tenant_keys.get((tenant_id, version))
+        if cached is None:
+            cached = open_sealed(self._master, wrapped, _aad(tenant_id, "tenant-key", version))
+            self._tenant_keys[(tenant_id, version)] = cached
+        return cached
+
+    async def subject_keys(
+        self,
+        conn: asyncpg.Connection,
+        tenant_id: UUID,
+        subject_ids: set[str],
+        *,
+        create: bool,
+    ) -> dict[str, SubjectKey]:
+        """Keys for ``subject_ids``; with ``create``, new subjects get a key.
+
+        Creating takes a row lock on each subject (``FOR SHARE``), so a
+        concurrent shred either happens before (and the write is refused) or
+        waits until the write commits (and erases it too).
+        """
+        if not subject_ids:
+            return {}
+        wanted = sorted(subject_ids)
+        lock = " FOR SHARE" if create else ""
+        rows = await conn.fetch(
+            "SELECT subject_id, tenant_key_version, wrapped FROM subject_key "
+            f"WHERE tenant_id = $1 AND subject_id = ANY($2::text[]){lock}",
+            tenant_id,
+            wanted,
+        )
+        found = {r["subject_id"]: r for r in rows}
+        missing = [s for s in wanted if s not in found]
+        if missing and create:
+            version, tenant_key = await self.primary_tenant_key(conn, tenant_id)
+            new_keys = [secrets.token_bytes(KEY_SIZE) for _ in missing]
+            await conn.execute(
+                "INSERT INTO subject_key (tenant_id, subject_id, tenant_key_version, wrapped) "
+                "SELECT $1, s, $2, w FROM unnest($3::text[], $4::bytea[]) AS t(s, w) "
+                "ON CONFLICT DO NOTHING",
+                tenant_id,
+                version,
+                missing,
+                [
+                    seal(tenant_key, k, _aad(tenant_id, f"subject-key:{s}", version))
+                    for s, k in zip(missing, new_keys, strict=True)
+                ],
+            )
+            rows = await conn.fetch(
+                "SELECT subject_id, tenant_key_version, wrapped FROM subject_key "
+                "WHERE tenant_id = $1 AND subject_id = ANY($2::text[]) FOR SHARE",
+                tenant_id,
+                missing,
+            )
+            found.update({r["subject_id"]: r for r in rows})
+        keys: dict[str, SubjectKey] = {}
+        for subject, row in found.items():
+            if row["wrapped"] is None:
+                keys[subject] = SubjectKey(subject, None)
+                continue
+            version = row["tenant_key_version"]
+            tenant_key = await self.tenant_key(conn, tenant_id, version)
+            aad = _aad(tenant_id, f"subject-key:{subject}", version)
+            keys[subject] = SubjectKey(subject, open_sealed(tenant_key, row["wrapped"], aad))
+        return keys

@@ -1,0 +1,287 @@
+"""The ``strongroom`` command line.
+
+Each command is a thin shell over ``infra``: tables for people, ``--json`` for
+scripts. Expected failures print one line on stderr and exit non-zero; add
+``--debug`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+from uuid import UUID
+
+import click
+import uvicorn
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from api.app import create_app
+from domain.errors import StrongroomError
+from infra.bootstrap import prepare_embedded_database
+from infra.db import DatabaseUnavailableError, create_pool
+from infra.embedded import (
+    EmbeddedNats,
+    EmbeddedPostgres,
+    EmbeddedServerError,
+    PortInUseError,
+    ensure_port_free,
+)
+from infra.keyring import load_or_create_dev_master_key
+from infra.local import (
+    RunInfo,
+    database_urls,
+    port_of,
+    read_run_info,
+    remove_run_info,
+    write_run_info,
+)
+from infra.migrate import MigrationError, migrate
+from infra.runtime import Endpoints, Runtime, strongroom_version
+from infra.settings import Settings, SettingsError
+from infra.verify import VerifyReport, verify_tenant
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    StrongroomError,
+    SettingsError,
+    PortInUseError,
+    EmbeddedServerError,
+    DatabaseUnavailableError,
+    MigrationError,
+    OSError,
+)
+
+out = Console()
+err = Console(stderr=True)
+
+
+class CommandFailed(click.ClickException):
+    """One line on stderr, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        err.print(f"[red]error:[/red] {self.message}", highlight=False)
+
+
+def friendly_errors(command: F) -> F:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EXPECTED_ERRORS as e:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise CommandFailed(str(e) or type(e).__name__) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings.from_env(**overrides)
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+@click.group()
+@click.version_option(strongroom_version(), prog_name="strongroom")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Strongroom: tenant logs you can prove."""
+
+
+# ---- up / serve ---------------------------------------------------------------------
+
+
+def _raise_on_sigterm(_signum: int, _frame: Any) -> NoReturn:
+    raise SystemExit(0)
+
+
+@contextmanager
+def _embedded_servers(settings: Settings) -> Iterator[tuple[str, str, int | None]]:
+    """Start what is embedded; yield (owner URL, app URL and NATS URL, pg port)."""
+    postgres = (
+        EmbeddedPostgres(settings.data_dir / "postgres") if settings.embedded_postgres else None
+    )
+    nats = EmbeddedNats(settings.data_dir / "nats") if settings.embedded_nats else None
+    try:
+        if postgres is not None:
+            err.print("starting embedded PostgreSQL…")
+            superuser = postgres.start()
+            urls = asyncio.run(prepare_embedded_database(superuser, postgres.data_dir))
+            owner, app, pg_port = urls.owner, urls.app, port_of(superuser)
+        else:
+            assert settings.database_url is not None
+            owner = settings.owner_database_url or settings.database_url
+            app, pg_port = settings.database_url, None
+        applied = asyncio.run(migrate(owner))
+        if applied:
+            err.print(f"applied {len(applied)} migration(s)")
+        if nats is not None:
+            err.print("starting embedded NATS JetStream…")
+            nats_url = nats.start()
+        else:
+            assert settings.nats_url is not None
+            nats_url = settings.nats_url
+        yield app, nats_url, pg_port
+    finally:
+        if nats is not None:
+            nats.stop()
+        if postgres is not None:
+            postgres.stop()
+
+
+def _serve(settings: Settings, endpoints: Endpoints) -> None:
+    app = create_app(lambda: Runtime.open(settings, endpoints))
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", access_log=False
+    )
+    out.print(
+        f"Strongroom {strongroom_version()} is up: [bold]http://{settings.host}:{settings.port}"
+        "[/bold]  (Ctrl-C stops it)"
+    )
+    uvicorn.Server(config).run()
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Default ./.strongroom")
+@click.option("--host", help="Default 127.0.0.1")
+@click.option("--port", type=int, help="Default 8700")
+@friendly_errors
+def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
+    """Run everything on this machine: embedded PostgreSQL and NATS, migrations, the API."""
+    settings = _settings(data_dir=data_dir, host=host, port=port)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    running = read_run_info(settings.data_dir)
+    if running is not None:
+        raise CommandFailed(f"strongroom is already running on this data dir (pid {running.pid})")
+    ensure_port_free(settings.host, settings.port)
+    master_key = settings.load_master_key() or load_or_create_dev_master_key(settings.data_dir)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        with _embedded_servers(settings) as (app_url, nats_url, pg_port):
+            write_run_info(
+                settings.data_dir,
+                RunInfo(os.getpid(), pg_port, nats_url, f"http://{settings.host}:{settings.port}"),
+            )
+            _serve(settings, Endpoints(app_url, nats_url, master_key))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        remove_run_info(settings.data_dir)
+        err.print("stopped")
+
+
+@cli.command()
+@click.option("--host", help="Default 127.0.0.1")
+@click.option("--port", type=int, help="Default 8700")
+@friendly_errors
+def serve(host: str | None, port: int | None) -> None:
+    """Run the API only, against STRONGROOM_DATABASE_URL and STRONGROOM_NATS_URL."""
+    settings = _settings(host=host, port=port)
+    if settings.database_url is None or settings.nats_url is None:
+        raise CommandFailed("serve needs STRONGROOM_DATABASE_URL and STRONGROOM_NATS_URL")
+    master_key = settings.load_master_key()
+    if master_key is None:
+        raise CommandFailed("serve needs STRONGROOM_MASTER_KEY or STRONGROOM_MASTER_KEY_FILE")
+    _serve(settings, Endpoints(settings.database_url, settings.nats_url, master_key))
+
+
+# ---- migrate / verify ---------------------------------------------------------------
+
+
+@cli.command("migrate")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def migrate_command(as_json: bool) -> None:
+    """Apply pending schema migrations (as the owner role)."""
+
+    async def run() -> list[str]:
+        async with database_urls(_settings()) as urls:
+            return await migrate(urls.owner)
+
+    applied = asyncio.run(run())
+    if as_json:
+        _print_json({"applied": applied})
+    elif applied:
+        for name in applied:
+            out.print(f"applied {name}")
+    else:
+        out.print("the schema is up to date")
+
+
+@cli.command()
+@click.option("--tenant", "tenant", required=True, help="Tenant id (UUID).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def verify(tenant: str, as_json: bool) -> None:
+    """Recompute one tenant's hashes, chain and Merkle tree from its stored leaves.
+
+    Exit 0 when intact; 1 naming the first bad seq.
+    """
+    try:
+        tenant_id = UUID(tenant)
+    except ValueError:
+        raise CommandFailed(f"--tenant: {tenant!r} is not a UUID") from None
+    report = asyncio.run(_verify(tenant_id, show_progress=not as_json and out.is_terminal))
+    if as_json:
+        _print_json(_report_dict(report))
+    else:
+        table = Table(title=f"tenant {report.tenant_id}", show_header=False)
+        table.add_row("events", f"{report.checked} of {report.size}")
+        table.add_row("Merkle root", report.root.hex() if report.root else "—")
+        if report.ok:
+            table.add_row("result", "[green]intact[/green]")
+        else:
+            table.add_row("result", f"[red]FIRST BAD SEQ {report.first_bad_seq}[/red]")
+            table.add_row("reason", report.reason or "")
+        out.print(table)
+    if not report.ok:
+        sys.exit(1)
+
+
+async def _verify(tenant_id: UUID, *, show_progress: bool) -> VerifyReport:
+    async with database_urls(_settings()) as urls:
+        pool = await create_pool(urls.app, min_size=1, max_size=2)
+        try:
+            if not show_progress:
+                return await verify_tenant(pool, tenant_id)
+            columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*Progress.get_default_columns()[:1], *columns, console=err) as bar:
+                task = bar.add_task("verifying", total=None)
+                return await verify_tenant(
+                    pool,
+                    tenant_id,
+                    progress=lambda done, size: bar.update(task, completed=done, total=size),
+                )
+        finally:
+            await pool.close()
+
+
+def _report_dict(report: VerifyReport) -> dict[str, Any]:
+    return {
+        "tenant": str(report.tenant_id),
+        "size": report.size,
+        "checked": report.checked,
+        "ok": report.ok,
+        "first_bad_seq": report.first_bad_seq,
+        "reason": report.reason,
+        "root": report.root.hex() if report.root else None,
+    }
+
+
+def main() -> None:
+    cli()
