@@ -237,6 +237,8 @@ def verify(tenant: str, as_json: bool) -> None:
     except ValueError:
         raise CommandFailed(f"--tenant: {tenant!r} is not a UUID") from None
     report = asyncio.run(_verify(tenant_id, show_progress=not as_json and out.is_terminal))
+    if report.size == 0:
+        raise CommandFailed(f"tenant {tenant_id} has no log here")
     if as_json:
         _print_json(_report_dict(report))
     else:

@@ -202,6 +202,13 @@ def test_verify_refuses_a_malformed_tenant_in_one_line(database: Database) -> No
     assert "Traceback" not in result.stderr
 
 
+def test_verify_of_a_tenant_without_a_log_is_an_error(database: Database) -> None:
+    tenant = uuid.uuid4()
+    result = run("verify", "--tenant", str(tenant), env=external(database))
+    assert result.returncode == 2
+    assert f"tenant {tenant} has no log here" in result.stderr
+
+
 def test_an_unreachable_database_is_one_line_and_debug_shows_the_traceback() -> None:
     env = {"STRONGROOM_DATABASE_URL": f"postgresql://x:y@127.0.0.1:{free_port()}/none"}
     result = run("verify", "--tenant", str(uuid.uuid4()), env=env)
