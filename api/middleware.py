@@ -28,7 +28,7 @@ def request_id(scope: Scope) -> str:
     state = scope.setdefault("state", {})
     if "request_id" not in state:
         incoming = dict(scope.get("headers", ())).get(b"x-request-id", b"").decode("latin-1")
-        state["request_id"] = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state["request_id"] = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     value: str = state["request_id"]
     return value
 

@@ -20,6 +20,13 @@ class MemberStateError(ConflictError):
     """The member is not in a state that allows this."""
 
 
+def _role(role: str) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        raise InvalidMemberError(f"role must be one of {', '.join(Role)}") from None
+
+
 def _check_email(email: str) -> str:
     email = email.strip()
     local, _, domain = email.rpartition("@")
@@ -49,7 +56,7 @@ class Member(RecordedAggregate):
     @classmethod
     def invite(cls, tenant_id: UUID, email: str, role: Role) -> Member:
         return cls._create(
-            cls.Invited, tenant_id=tenant_id, email=_check_email(email), role=Role(role)
+            cls.Invited, tenant_id=tenant_id, email=_check_email(email), role=_role(role)
         )
 
     def __init__(self, tenant_id: UUID, email: str | None, role: Role) -> None:
@@ -61,8 +68,9 @@ class Member(RecordedAggregate):
     def change_role(self, role: Role) -> None:
         if not self.active:
             raise MemberStateError("a deactivated member's role cannot change")
-        if Role(role) != self.role:
-            self._role_changed(role=Role(role))
+        role = _role(role)
+        if role != self.role:
+            self._role_changed(role=role)
 
     @event(RoleChanged)
     def _role_changed(self, role: Role) -> None:

@@ -36,7 +36,7 @@ class Tenant(RecordedAggregate):
 
     @classmethod
     def create(cls, name: str, slug: str) -> Tenant:
-        if not _SLUG.match(slug):
+        if not _SLUG.fullmatch(slug):
             raise InvalidTenantError("a slug is lowercase letters, digits and dashes")
         return cls._create(cls.Created, name=_check_name(name), slug=slug)
 

@@ -24,7 +24,10 @@ class CanonicalEncodingError(ValueError):
 
 def check_value(value: Any, path: str = "$") -> None:
     """Raise :class:`CanonicalEncodingError` unless ``value`` is in the leaf domain."""
-    if value is None or value is True or value is False or type(value) is str:
+    if value is None or value is True or value is False:
+        return
+    if type(value) is str:
+        _check_text(value, path)
         return
     if type(value) is int:
         if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
@@ -41,10 +44,19 @@ def check_value(value: Any, path: str = "$") -> None:
             if type(key) is not str:
                 raise CanonicalEncodingError(f"{path}: object keys must be strings")
             if not key.isascii():
-                raise CanonicalEncodingError(f"{path}: object key {key!r} is not ASCII")
+                raise CanonicalEncodingError(f"{path}: an object key is not ASCII")
             check_value(item, f"{path}.{key}")
         return
     raise CanonicalEncodingError(f"{path}: {type(value).__name__} is not a JSON value")
+
+
+def _check_text(text: str, path: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CanonicalEncodingError(f"{path}: string holds a lone surrogate") from None
 
 
 def encode(value: Any) -> bytes:

@@ -1,4 +1,4 @@
-"""The connection pool and the one function that opens tenant transactions.
+"""The connection pool, and the only code that sets the tenant for row-level security.
 
 Row-level security keys every tenant table on ``app.tenant_id``. That setting is
 made here and nowhere else, transaction-scoped (``set_config(..., true)``), so a
@@ -51,3 +51,27 @@ async def tenant_transaction(
     async with pool.acquire() as conn, conn.transaction(readonly=readonly):
         await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
         yield conn
+
+
+_TENANT_FUNCTIONS = frozenset({"append_batch"})
+
+
+async def call_in_tenant(
+    pool: asyncpg.Pool, tenant_id: UUID, function: str, *args: object
+) -> object:
+    """Call a tenant-scoped SQL function as ONE statement (its own transaction).
+
+    The tenant is set by ``set_config(..., true)`` in a FROM item whose result
+    is the function's first argument, so it is set before the function runs;
+    the function itself refuses to run unless ``app.tenant_id`` equals it.
+    """
+    if not isinstance(tenant_id, UUID):
+        raise TypeError("tenant_id must be a UUID")
+    if function not in _TENANT_FUNCTIONS:
+        raise ValueError(f"{function} is not a tenant function")
+    params = ", ".join(f"${i}" for i in range(2, len(args) + 2))
+    sql = (
+        "SELECT r FROM (SELECT set_config('app.tenant_id', $1, true) AS tenant) AS t, "
+        f"LATERAL {function}(t.tenant::uuid, {params}) AS r"
+    )
+    return await pool.fetchval(sql, str(tenant_id), *args)

@@ -20,7 +20,7 @@ import base64
 import hashlib
 import re
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,14 +32,16 @@ import orjson
 
 from domain.errors import ConflictError, InvalidError, NotFoundError
 from infra import canonical
-from infra.db import tenant_transaction
-from infra.keyring import Keyring, SubjectErasedError, open_sealed, pii_aad, seal
+from infra.db import call_in_tenant, tenant_transaction
+from infra.keyring import Keyring, SubjectErasedError, SubjectKey, open_sealed, pii_aad, seal
 from infra.merkle import ZERO_HASH, Frontier, chain_hash, leaf_hash
 
 LEAF_FORMAT_VERSION: Final = 1
 ACTOR_KINDS: Final = frozenset({"user", "api_key", "system", "operator", "platform"})
 MAX_EVENTS_PER_COMMAND: Final = 1000
 MAX_BATCH_EVENTS: Final = 2000
+_MAX_ATTEMPTS: Final = 8
+_VERSION_CACHE: Final = 4096
 _STREAM = re.compile(r"^[a-z][a-z0-9_]{0,62}-[A-Za-z0-9][A-Za-z0-9._:-]{0,190}$")
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,62}(\.[a-z][a-z0-9_]{0,62}){1,3}$")
 _FIELD = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -175,13 +177,24 @@ class _Pending:
     future: asyncio.Future[AppendResult]
 
 
-@dataclass(slots=True)
-class _Batch:
-    """What one transaction writes, column by column."""
+@dataclass(slots=True, kw_only=True)
+class _Plan:
+    """One call of ``append_batch``: its columns, and what each command gets if it commits."""
 
+    frontier: Frontier
+    chain: bytes
+    ts: datetime
+    commands: list[int] = field(default_factory=list)
+    """Batch indexes of the commands sent, by their position in the call."""
+    results: dict[int, AppendResult] = field(default_factory=dict)
+    local_rejections: dict[int, Exception] = field(default_factory=dict)
+    """Rejected against earlier commands of this plan: final only if the plan commits."""
+    final_rejections: dict[int, Exception] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    arguments: tuple[object, ...] = ()
     seqs: list[int] = field(default_factory=list)
     streams: list[str] = field(default_factory=list)
-    versions: list[int] = field(default_factory=list)
+    stream_versions: list[int] = field(default_factory=list)
     event_ids: list[UUID] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
     leaves: list[bytes] = field(default_factory=list)
@@ -190,8 +203,120 @@ class _Batch:
     node_levels: list[int] = field(default_factory=list)
     node_indexes: list[int] = field(default_factory=list)
     node_hashes: list[bytes] = field(default_factory=list)
-    commands: list[tuple[UUID, bytes, int, int]] = field(default_factory=list)
-    pii: list[tuple[bytes, str, bytes]] = field(default_factory=list)
+    c_id: list[UUID] = field(default_factory=list)
+    c_fingerprint: list[bytes] = field(default_factory=list)
+    c_first_seq: list[int] = field(default_factory=list)
+    c_count: list[int] = field(default_factory=list)
+    x_command: list[int] = field(default_factory=list)
+    x_stream: list[str] = field(default_factory=list)
+    x_version: list[int] = field(default_factory=list)
+    x_any: list[bool] = field(default_factory=list)
+    p_hash: list[bytes] = field(default_factory=list)
+    p_subject: list[str] = field(default_factory=list)
+    p_command: list[int] = field(default_factory=list)
+    p_ciphertext: list[bytes] = field(default_factory=list)
+
+    def add(self, pending: _Pending, built: list[_Built], position: int) -> AppendResult:
+        """Hash one command's leaves into the chain and the tree."""
+        appended = []
+        self.c_id.append(pending.command_id)
+        self.c_fingerprint.append(pending.fingerprint)
+        self.c_first_seq.append(self.frontier.size + 1)
+        self.c_count.append(len(built))
+        for seq, event, event_id, version, leaf, pii in built:
+            lh = leaf_hash(leaf)
+            self.chain = chain_hash(self.chain, lh)
+            for node in self.frontier.append(lh):
+                self.node_levels.append(node.level)
+                self.node_indexes.append(node.index)
+                self.node_hashes.append(node.hash)
+            self.seqs.append(seq)
+            self.streams.append(event.stream)
+            self.stream_versions.append(version)
+            self.event_ids.append(event_id)
+            self.types.append(event.type)
+            self.leaves.append(leaf)
+            self.leaf_hashes.append(lh)
+            self.chain_hashes.append(self.chain)
+            for digest, subject, ciphertext in pii:
+                self.p_hash.append(digest)
+                self.p_subject.append(subject)
+                self.p_command.append(position)
+                self.p_ciphertext.append(ciphertext)
+            appended.append(Appended(seq, event.stream, version, event_id, lh, self.chain))
+        return AppendResult(tuple(appended))
+
+    def to_arguments(self, head: _HeadCache) -> tuple[object, ...]:
+        return (
+            head.origin,
+            head.size,
+            head.chain,
+            self.frontier.size,
+            self.chain,
+            self.frontier.to_bytes(),
+            self.ts,
+            self.seqs,
+            self.streams,
+            self.stream_versions,
+            self.event_ids,
+            self.types,
+            self.leaves,
+            self.leaf_hashes,
+            self.chain_hashes,
+            self.node_levels,
+            self.node_indexes,
+            self.node_hashes,
+            self.c_id,
+            self.c_fingerprint,
+            self.c_first_seq,
+            self.c_count,
+            self.x_command,
+            self.x_stream,
+            self.x_version,
+            self.x_any,
+            self.p_hash,
+            self.p_subject,
+            self.p_command,
+            self.p_ciphertext,
+        )
+
+
+@dataclass(slots=True)
+class _HeadCache:
+    """What this process believes a tenant's head is; ``append_batch`` checks it."""
+
+    origin: str
+    size: int = -1
+    """-1: not known yet (the first call only fetches it)."""
+    chain: bytes = ZERO_HASH
+    frontier: Frontier = field(default_factory=Frontier)
+    last_ts: datetime | None = None
+    versions: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    """Recently seen stream versions, used to guess for ``None`` (any) expectations."""
+
+    def commit(self, plan: _Plan) -> None:
+        self.size = plan.frontier.size
+        self.chain = plan.chain
+        self.frontier = plan.frontier
+        self.last_ts = plan.ts
+        for stream, version in plan.versions.items():
+            self.versions[stream] = version
+            self.versions.move_to_end(stream)
+        while len(self.versions) > _VERSION_CACHE:
+            self.versions.popitem(last=False)
+
+    def reloaded(self, answer: dict[str, Any]) -> _HeadCache:
+        return _HeadCache(
+            origin=answer["origin"],
+            size=answer["size"],
+            chain=bytes.fromhex(answer["chain"]),
+            frontier=Frontier.from_bytes(answer["size"], bytes.fromhex(answer["frontier"])),
+            last_ts=datetime.fromisoformat(answer["last_ts"]) if answer["last_ts"] else None,
+            versions=self.versions,
+        )
+
+
+_Built = tuple[int, NewEvent, UUID, int, bytes, list[tuple[bytes, str, bytes]]]
 
 
 def origin_for(log_host: str, tenant_id: UUID) -> str:
@@ -219,6 +344,7 @@ class EventStore:
         self._max_batch_events = max_batch_events
         self._queues: dict[UUID, deque[_Pending]] = {}
         self._drainers: dict[UUID, asyncio.Task[None]] = {}
+        self._heads: dict[UUID, _HeadCache] = {}
 
     # ---- append -----------------------------------------------------------------
 
@@ -261,9 +387,9 @@ class EventStore:
         described = []
         for i, e in enumerate(events):
             where = f"event {i}"
-            if not _STREAM.match(e.stream):
+            if not _STREAM.fullmatch(e.stream):
                 raise EventRejectedError(f"{where}: stream must look like category-id")
-            if not _EVENT_TYPE.match(e.type):
+            if not _EVENT_TYPE.fullmatch(e.type):
                 raise EventRejectedError(f"{where}: type must look like category.happened")
             if e.stream not in expected:
                 raise EventRejectedError(f"{where}: no expected version for its stream")
@@ -279,7 +405,7 @@ class EventStore:
                 if not e.subject or len(e.subject) > 200:
                     raise EventRejectedError(f"{where}: personal fields need a data subject")
                 for name, value in e.personal.items():
-                    if not _FIELD.match(name) or not isinstance(value, str):
+                    if not _FIELD.fullmatch(name) or not isinstance(value, str):
                         raise EventRejectedError(f"{where}: personal field {name!r} is invalid")
             # Personal values stay out of the fingerprint: it is kept forever.
             described.append([e.stream, e.type, data_bytes.decode(), sorted(e.personal), e.subject])
@@ -338,118 +464,106 @@ class EventStore:
     async def _write_batch(
         self, tenant_id: UUID, batch: list[_Pending]
     ) -> list[AppendResult | Exception]:
+        """Write one batch in as few round trips as the head cache allows (usually one)."""
+        outcomes: list[AppendResult | Exception | None] = [None] * len(batch)
+        first_of: dict[UUID, int] = {}
+        duplicates: list[tuple[int, int]] = []
+        live: list[int] = []
+        for i, pending in enumerate(batch):
+            j = first_of.setdefault(pending.command_id, i)
+            if j == i:
+                live.append(i)
+            elif batch[j].fingerprint != pending.fingerprint:
+                outcomes[i] = CommandIdReusedError("command id was used for a different command")
+            else:
+                duplicates.append((i, j))
+        keys = await self._subject_keys(tenant_id, [batch[i] for i in live])
+        replays: list[tuple[int, int, int]] = []
+
+        for _ in range(_MAX_ATTEMPTS):
+            if not live:
+                break
+            head = self._heads.get(tenant_id) or self._unknown_head(tenant_id)
+            if head.size < 0:
+                plan = _Plan(frontier=Frontier(), chain=ZERO_HASH, ts=datetime.now(UTC))
+                plan.arguments = plan.to_arguments(head)
+            else:
+                plan = self._plan(tenant_id, head, batch, live, keys)
+            for i, error in plan.final_rejections.items():
+                outcomes[i] = error
+                live.remove(i)
+            if not plan.commands and head.size >= 0:
+                continue
+            raw = await call_in_tenant(self._pool, tenant_id, "append_batch", *plan.arguments)
+            answer = orjson.loads(str(raw))
+            if answer["status"] == "ok":
+                head.commit(plan)
+                self._heads[tenant_id] = head
+                for i, result in plan.results.items():
+                    outcomes[i] = result
+                for i, error in plan.local_rejections.items():
+                    outcomes[i] = error
+                break
+            if answer["status"] == "stale":
+                self._heads[tenant_id] = head.reloaded(answer)
+                continue
+            for r in answer["replays"]:
+                i = plan.commands[r["command"]]
+                if bytes.fromhex(r["fingerprint"]) != batch[i].fingerprint:
+                    outcomes[i] = CommandIdReusedError(
+                        "command id was used for a different command"
+                    )
+                else:
+                    replays.append((i, r["first_seq"], r["count"]))
+            for c in answer["conflicts"]:
+                i = plan.commands[c["command"]]
+                if c["any"]:
+                    head.versions[c["stream"]] = c["actual"]
+                elif not isinstance(outcomes[i], ConcurrencyError):
+                    outcomes[i] = ConcurrencyError(c["stream"], c["expected"], c["actual"])
+            for e in answer["erased"]:
+                i = plan.commands[e["command"]]
+                outcomes[i] = PersonalDataErasedError(
+                    "personal data of an erased subject is refused"
+                )
+            done = {i for i, _, _ in replays}
+            live = [i for i in live if outcomes[i] is None and i not in done]
+        else:
+            for i in live:
+                outcomes[i] = ConflictError("the tenant log is too busy right now; retry")
+
+        if replays:
+            await self._fill_replays(tenant_id, replays, outcomes)
+        for i, j in duplicates:
+            first = outcomes[j]
+            outcomes[i] = (
+                AppendResult(first.events, replayed=True)
+                if isinstance(first, AppendResult)
+                else first
+            )
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    def _unknown_head(self, tenant_id: UUID) -> _HeadCache:
+        return _HeadCache(origin=origin_for(self._log_host, tenant_id))
+
+    async def _subject_keys(
+        self, tenant_id: UUID, pendings: list[_Pending]
+    ) -> Mapping[str, SubjectKey]:
+        subjects = {e.subject for p in pendings for e in p.events if e.personal and e.subject}
+        if not subjects:
+            return {}
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            head, last_ts = await self._lock_head(conn, tenant_id)
-            known = {
-                r["command_id"]: r
-                for r in await conn.fetch(
-                    "SELECT command_id, fingerprint, first_seq, event_count FROM command_log "
-                    "WHERE tenant_id = $1 AND command_id = ANY($2::uuid[])",
-                    tenant_id,
-                    list({p.command_id for p in batch}),
-                )
-            }
-            streams = sorted({e.stream for p in batch for e in p.events})
-            versions: dict[str, int] = {
-                r["stream_id"]: r["version"] or 0
-                for r in await conn.fetch(
-                    "SELECT s.stream_id, (SELECT e.stream_version FROM event_log e "
-                    "  WHERE e.tenant_id = $1 AND e.stream_id = s.stream_id "
-                    "  ORDER BY e.stream_version DESC LIMIT 1) AS version "
-                    "FROM unnest($2::text[]) AS s(stream_id)",
-                    tenant_id,
-                    streams,
-                )
-            }
-            subjects = {e.subject for p in batch for e in p.events if e.personal and e.subject}
-            keys = await self._keyring.subject_keys(conn, tenant_id, subjects, create=True)
+            return await self._keyring.subject_keys(conn, tenant_id, subjects, create=True)
 
-            frontier = head.frontier.copy()
-            chain = head.chain_hash
-            now = datetime.now(UTC)
-            stamp = max(now, last_ts) if last_ts else now
-            ts = format_ts(stamp)
-            out = _Batch()
-            outcomes: list[AppendResult | Exception] = []
-            in_batch: dict[UUID, tuple[bytes, AppendResult]] = {}
-            replays: list[tuple[int, int, int]] = []  # (outcome index, first seq, count)
-
-            for pending in batch:
-                seen = known.get(pending.command_id)
-                earlier = in_batch.get(pending.command_id)
-                if seen is not None or earlier is not None:
-                    fingerprint = seen["fingerprint"] if seen is not None else earlier[0]  # type: ignore[index]
-                    if fingerprint != pending.fingerprint:
-                        outcomes.append(
-                            CommandIdReusedError("command id was used for a different command")
-                        )
-                    elif earlier is not None:
-                        outcomes.append(AppendResult(earlier[1].events, replayed=True))
-                    else:
-                        assert seen is not None
-                        replays.append((len(outcomes), seen["first_seq"], seen["event_count"]))
-                        outcomes.append(AppendResult(()))
-                    continue
-                conflict = _check_expected(pending, versions)
-                if conflict is not None:
-                    outcomes.append(conflict)
-                    continue
-                erased = [
-                    e.subject
-                    for e in pending.events
-                    if e.personal and e.subject and keys[e.subject].key is None
-                ]
-                if erased:
-                    outcomes.append(
-                        PersonalDataErasedError("personal data of an erased subject is refused")
-                    )
-                    continue
-                try:
-                    built = self._build_leaves(
-                        tenant_id, head.origin, pending, frontier.size, ts, versions, keys
-                    )
-                except EventRejectedError as e:
-                    outcomes.append(e)
-                    continue
-                appended = []
-                first_seq = frontier.size + 1
-                for seq, event, event_id, version, leaf, pii in built:
-                    lh = leaf_hash(leaf)
-                    chain = chain_hash(chain, lh)
-                    for node in frontier.append(lh):
-                        out.node_levels.append(node.level)
-                        out.node_indexes.append(node.index)
-                        out.node_hashes.append(node.hash)
-                    out.seqs.append(seq)
-                    out.streams.append(event.stream)
-                    out.versions.append(version)
-                    out.event_ids.append(event_id)
-                    out.types.append(event.type)
-                    out.leaves.append(leaf)
-                    out.leaf_hashes.append(lh)
-                    out.chain_hashes.append(chain)
-                    out.pii.extend(pii)
-                    versions[event.stream] = version
-                    appended.append(Appended(seq, event.stream, version, event_id, lh, chain))
-                out.commands.append(
-                    (pending.command_id, pending.fingerprint, first_seq, len(appended))
-                )
-                result = AppendResult(tuple(appended))
-                in_batch[pending.command_id] = (pending.fingerprint, result)
-                outcomes.append(result)
-
-            if out.seqs:
-                await self._insert(conn, tenant_id, stamp, out)
-                await conn.execute(
-                    "UPDATE tenant_log SET size = $2, chain_hash = $3, frontier = $4, last_ts = $5 "
-                    "WHERE tenant_id = $1",
-                    tenant_id,
-                    frontier.size,
-                    chain,
-                    frontier.to_bytes(),
-                    stamp,
-                )
-            for index, first_seq, count in replays:
+    async def _fill_replays(
+        self,
+        tenant_id: UUID,
+        replays: list[tuple[int, int, int]],
+        outcomes: list[AppendResult | Exception | None],
+    ) -> None:
+        async with tenant_transaction(self._pool, tenant_id, readonly=True) as conn:
+            for i, first_seq, count in replays:
                 rows = await conn.fetch(
                     "SELECT seq, stream_id, stream_version, event_id, leaf_hash, chain_hash "
                     "FROM event_log WHERE tenant_id = $1 AND seq >= $2 AND seq < $3 ORDER BY seq",
@@ -457,7 +571,7 @@ class EventStore:
                     first_seq,
                     first_seq + count,
                 )
-                outcomes[index] = AppendResult(
+                outcomes[i] = AppendResult(
                     tuple(
                         Appended(
                             r["seq"],
@@ -471,7 +585,65 @@ class EventStore:
                     ),
                     replayed=True,
                 )
-        return outcomes
+
+    def _plan(
+        self,
+        tenant_id: UUID,
+        head: _HeadCache,
+        batch: list[_Pending],
+        live: list[int],
+        keys: Mapping[str, SubjectKey],
+    ) -> _Plan:
+        """Leaves, hashes and checks for the live commands against ``head``; no I/O."""
+        now = datetime.now(UTC)
+        stamp = max(now, head.last_ts) if head.last_ts else now
+        plan = _Plan(frontier=head.frontier.copy(), chain=head.chain, ts=stamp)
+        ts = format_ts(stamp)
+        versions: dict[str, int] = {}
+        for i in live:
+            pending = batch[i]
+            checks: list[tuple[str, int, bool]] = []
+            conflict: ConcurrencyError | None = None
+            for stream, expected in pending.expected.items():
+                if stream in versions:
+                    if expected is not None and expected != versions[stream]:
+                        conflict = ConcurrencyError(stream, expected, versions[stream])
+                elif expected is None:
+                    checks.append((stream, head.versions.get(stream, 0), True))
+                else:
+                    checks.append((stream, expected, False))
+            if conflict is not None:
+                plan.local_rejections[i] = conflict
+                continue
+            if any(
+                e.personal and e.subject and keys[e.subject].key is None for e in pending.events
+            ):
+                plan.final_rejections[i] = PersonalDataErasedError(
+                    "personal data of an erased subject is refused"
+                )
+                continue
+            assumed = dict(versions)
+            assumed.update((stream, version) for stream, version, _ in checks)
+            try:
+                built = self._build_leaves(
+                    tenant_id, head.origin, pending, plan.frontier.size, ts, assumed, keys
+                )
+            except EventRejectedError as e:
+                plan.final_rejections[i] = e
+                continue
+            position = len(plan.commands)
+            plan.commands.append(i)
+            for stream, version, is_any in checks:
+                plan.x_command.append(position)
+                plan.x_stream.append(stream)
+                plan.x_version.append(version)
+                plan.x_any.append(is_any)
+            plan.results[i] = plan.add(pending, built, position)
+            for appended in plan.results[i].events:
+                versions[appended.stream] = appended.version
+        plan.versions = versions
+        plan.arguments = plan.to_arguments(head)
+        return plan
 
     def _build_leaves(
         self,
@@ -482,7 +654,7 @@ class EventStore:
         ts: str,
         versions: Mapping[str, int],
         keys: Mapping[str, Any],
-    ) -> list[tuple[int, NewEvent, UUID, int, bytes, list[tuple[bytes, str, bytes]]]]:
+    ) -> list[_Built]:
         """The leaves of one command, or :class:`EventRejectedError`; touches no state."""
         built = []
         local_versions: dict[str, int] = {}
@@ -531,72 +703,6 @@ class EventStore:
                 )
             built.append((seq, event, event_id, version, leaf, pii_rows))
         return built
-
-    async def _insert(
-        self, conn: asyncpg.Connection, tenant_id: UUID, recorded_at: datetime, out: _Batch
-    ) -> None:
-        await conn.execute(
-            "INSERT INTO event_log (tenant_id, seq, stream_id, stream_version, event_id, "
-            "event_type, recorded_at, leaf, leaf_hash, chain_hash) "
-            "SELECT $1, s, st, v, id, ty, $2, l, lh, ch FROM unnest("
-            "$3::bigint[], $4::text[], $5::int[], $6::uuid[], $7::text[], $8::bytea[], "
-            "$9::bytea[], $10::bytea[]) AS t(s, st, v, id, ty, l, lh, ch)",
-            tenant_id,
-            recorded_at,
-            out.seqs,
-            out.streams,
-            out.versions,
-            out.event_ids,
-            out.types,
-            out.leaves,
-            out.leaf_hashes,
-            out.chain_hashes,
-        )
-        if out.node_hashes:
-            await conn.execute(
-                "INSERT INTO merkle_node (tenant_id, level, idx, hash) "
-                "SELECT $1, lv, ix, h FROM unnest($2::smallint[], $3::bigint[], $4::bytea[]) "
-                "AS t(lv, ix, h)",
-                tenant_id,
-                out.node_levels,
-                out.node_indexes,
-                out.node_hashes,
-            )
-        await conn.execute(
-            "INSERT INTO command_log (tenant_id, command_id, fingerprint, first_seq, event_count) "
-            "SELECT $1, c, f, s, n FROM unnest($2::uuid[], $3::bytea[], $4::bigint[], $5::int[]) "
-            "AS t(c, f, s, n)",
-            tenant_id,
-            *map(list, zip(*out.commands, strict=True)),
-        )
-        if out.pii:
-            await conn.execute(
-                "INSERT INTO pii_value (tenant_id, value_hash, subject_id, ciphertext) "
-                "SELECT $1, h, s, c FROM unnest($2::bytea[], $3::text[], $4::bytea[]) "
-                "AS t(h, s, c)",
-                tenant_id,
-                *map(list, zip(*out.pii, strict=True)),
-            )
-
-    async def _lock_head(
-        self, conn: asyncpg.Connection, tenant_id: UUID
-    ) -> tuple[LogHead, datetime | None]:
-        sql = (
-            "SELECT origin, size, chain_hash, frontier, last_ts FROM tenant_log "
-            "WHERE tenant_id = $1 FOR UPDATE"
-        )
-        row = await conn.fetchrow(sql, tenant_id)
-        if row is None:
-            await conn.execute(
-                "INSERT INTO tenant_log (tenant_id, origin, size, chain_hash, frontier) "
-                "VALUES ($1, $2, 0, $3, '') ON CONFLICT DO NOTHING",
-                tenant_id,
-                origin_for(self._log_host, tenant_id),
-                ZERO_HASH,
-            )
-            row = await conn.fetchrow(sql, tenant_id)
-            assert row is not None
-        return _head_from_row(tenant_id, row), row["last_ts"]
 
     # ---- reads ------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ def available_migrations(directory: Path | None = None) -> list[Migration]:
     base = directory or Path(str(resources.files("infra") / "sql"))
     found: list[Migration] = []
     for path in sorted(base.glob("*.sql")):
-        match = _NAME.match(path.name)
+        match = _NAME.fullmatch(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
         found.append(Migration(int(match.group(1)), path.stem, path.read_text()))

@@ -102,7 +102,7 @@ class Settings:
 
 
 def _parse_host(variable: str, raw: str) -> str:
-    if not _HOSTNAME.match(raw) and raw != "::1":
+    if not _HOSTNAME.fullmatch(raw) and raw != "::1":
         raise SettingsError(variable, "a host name or IP address, e.g. 127.0.0.1")
     return raw
 
@@ -162,6 +162,6 @@ def _parse_master_key(variable: str, raw: str) -> bytes:
 
 
 def _parse_log_host(variable: str, raw: str) -> str:
-    if not _HOSTNAME.match(raw):
+    if not _HOSTNAME.fullmatch(raw):
         raise SettingsError(variable, "a host name such as audit.example.com")
     return raw.lower()
