@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import re
 import secrets
@@ -93,8 +94,8 @@ class Actor:
     def __post_init__(self) -> None:
         if self.kind not in ACTOR_KINDS:
             raise EventRejectedError(f"actor kind must be one of {sorted(ACTOR_KINDS)}")
-        if not self.id or len(self.id) > 200:
-            raise EventRejectedError("actor id must be 1 to 200 characters")
+        if not _is_text(self.id, 200):
+            raise EventRejectedError("actor id must be 1 to 200 characters of text")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -319,6 +320,26 @@ class _HeadCache:
 _Built = tuple[int, NewEvent, UUID, int, bytes, list[tuple[bytes, str, bytes]]]
 
 
+def _is_text(value: object, max_length: int) -> bool:
+    """A non-empty string that can be stored as text: UTF-8 encodable, no NUL."""
+    return (
+        isinstance(value, str)
+        and len(value) > 0
+        and "\x00" not in value
+        and _is_encodable(value, max_length)
+    )
+
+
+def _is_encodable(value: object, max_length: int) -> bool:
+    if not isinstance(value, str) or len(value) > max_length:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def origin_for(log_host: str, tenant_id: UUID) -> str:
     return f"{log_host}/t/{tenant_id}"
 
@@ -385,6 +406,7 @@ class EventStore:
         if len(events) > MAX_EVENTS_PER_COMMAND:
             raise EventRejectedError(f"a command appends at most {MAX_EVENTS_PER_COMMAND} events")
         described = []
+        checked: list[NewEvent] = []
         for i, e in enumerate(events):
             where = f"event {i}"
             if not _STREAM.fullmatch(e.stream):
@@ -393,8 +415,11 @@ class EventStore:
                 raise EventRejectedError(f"{where}: type must look like category.happened")
             if e.stream not in expected:
                 raise EventRejectedError(f"{where}: no expected version for its stream")
+            if not isinstance(e.data, Mapping):
+                raise EventRejectedError(f"{where}: data must be an object")
+            e = dataclasses.replace(e, data=dict(e.data), personal=dict(e.personal))  # noqa: PLW2901
             try:
-                data_bytes = canonical.encode(dict(e.data))
+                data_bytes = canonical.encode(e.data)
             except canonical.CanonicalEncodingError as err:
                 raise EventRejectedError(f"{where}: data {err}") from None
             if len(data_bytes) + _ENVELOPE_ALLOWANCE + 80 * len(e.personal) > (
@@ -402,13 +427,14 @@ class EventStore:
             ):
                 raise EventRejectedError(f"{where}: leaf over {canonical.MAX_LEAF_BYTES} bytes")
             if e.personal:
-                if not e.subject or len(e.subject) > 200:
+                if not _is_text(e.subject, 200):
                     raise EventRejectedError(f"{where}: personal fields need a data subject")
                 for name, value in e.personal.items():
-                    if not _FIELD.fullmatch(name) or not isinstance(value, str):
+                    if not _FIELD.fullmatch(name) or not _is_encodable(value, 64 * 1024):
                         raise EventRejectedError(f"{where}: personal field {name!r} is invalid")
             # Personal values stay out of the fingerprint: it is kept forever.
             described.append([e.stream, e.type, data_bytes.decode(), sorted(e.personal), e.subject])
+            checked.append(e)
         for stream, version in expected.items():
             if version is not None and (type(version) is not int or version < 0):
                 raise EventRejectedError(f"expected version of {stream} must be >= 0 or None")
@@ -416,7 +442,7 @@ class EventStore:
             orjson.dumps([described, sorted(expected.items())], option=orjson.OPT_SORT_KEYS)
         ).digest()
         return _Pending(
-            events=events,
+            events=checked,
             expected=expected,
             command_id=command_id,
             actor=actor,
@@ -519,7 +545,7 @@ class EventStore:
                 i = plan.commands[c["command"]]
                 if c["any"]:
                     head.versions[c["stream"]] = c["actual"]
-                elif not isinstance(outcomes[i], ConcurrencyError):
+                elif outcomes[i] is None:
                     outcomes[i] = ConcurrencyError(c["stream"], c["expected"], c["actual"])
             for e in answer["erased"]:
                 i = plan.commands[e["command"]]

@@ -95,7 +95,7 @@ class EventRegistry:
         for name in personal_fields(cls):
             value = recorded.personal.get(name)
             state[name] = None if value is ERASED else value
-        state["originator_id"] = recorded.stream.split("-", 1)[1]
+        state["originator_id"] = UUID(recorded.stream.split("-", 1)[1])
         state["originator_version"] = recorded.version
         state["timestamp"] = recorded.ts
         if issubclass(cls, Aggregate.Created):

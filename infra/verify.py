@@ -21,6 +21,7 @@ import orjson
 
 from infra import canonical
 from infra.db import tenant_transaction
+from infra.eventstore import format_ts
 from infra.merkle import ZERO_HASH, Frontier, Node, chain_hash, leaf_hash
 
 PAGE = 5000
@@ -67,8 +68,8 @@ async def verify_tenant(
         while expected_seq <= size:
             async with tenant_transaction(pool, tenant_id, readonly=True) as conn:
                 rows = await conn.fetch(
-                    "SELECT seq, stream_id, stream_version, event_id, event_type, leaf, "
-                    "leaf_hash, chain_hash FROM event_log "
+                    "SELECT seq, stream_id, stream_version, event_id, event_type, recorded_at, "
+                    "leaf, leaf_hash, chain_hash FROM event_log "
                     "WHERE tenant_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq LIMIT $4",
                     tenant_id,
                     expected_seq,
@@ -102,7 +103,7 @@ async def verify_tenant(
             raise _Bad(size, "the head's Merkle frontier does not match the log")
     except _Bad as bad:
         return VerifyReport(
-            tenant_id, size, expected_seq - 1, ok=False, first_bad_seq=bad.seq, reason=bad.reason
+            tenant_id, size, bad.seq - 1, ok=False, first_bad_seq=bad.seq, reason=bad.reason
         )
     return VerifyReport(tenant_id, size, size, ok=True, root=frontier.root())
 
@@ -123,6 +124,7 @@ def _check_leaf(row: asyncpg.Record, origin: str) -> None:
         "type": row["event_type"],
         "stream": row["stream_id"],
         "version": row["stream_version"],
+        "ts": format_ts(row["recorded_at"]),
     }
     for name, value in expected.items():
         if not isinstance(leaf, dict) or leaf.get(name) != value:
