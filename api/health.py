@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.openapi import ResponseSpec
 
 from api.problems import PROBLEM_JSON, Problem, problem
-from infra.runtime import Runtime, strongroom_version
+from infra.runtime import strongroom_version
+
+if TYPE_CHECKING:
+    from infra.runtime import Runtime
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,16 +1,19 @@
 """The tenant-scoped, hash-linked event store (PostgreSQL via asyncpg).
 
-An append is one transaction per tenant batch: lock the tenant head
-(``SELECT ... FOR UPDATE``), check each command's expected stream versions,
-assign gapless ``seq``, build the canonical leaf bytes, extend the hash chain
-and the Merkle frontier, insert everything with multi-row ``INSERT ... SELECT
-FROM unnest(...)``, move the head, commit.
-
 Group commit: concurrent appends for one tenant in this process queue up; one
-drainer per tenant takes the whole queue into a single transaction, rejects the
-stale or invalid commands one by one (nothing of a rejected command is written)
-and answers every caller after the commit. Different tenants have different
-drainers and never wait for each other's locks.
+drainer per tenant takes the whole queue as one batch. Different tenants have
+different drainers and never wait for each other's locks.
+
+A batch is one statement. The process caches each tenant's head (size, chain
+hash, Merkle frontier, last timestamp) and plans against it, without I/O: it
+assigns ``seq`` and stream versions, builds the canonical leaves, extends the
+chain and the frontier. It then calls ``append_batch()`` (infra/sql/0010), which
+takes the head row lock and checks the cached head, every command id (replays),
+every expected stream version and every data subject (erased ones take no new
+personal data). Either everything is written and the head moves, or nothing is
+written and the answer says why; the drainer then corrects its plan (new head,
+rejected commands out) and calls again. Nothing of a rejected command is ever
+written, and the other commands of its batch still commit.
 """
 
 from __future__ import annotations
@@ -439,7 +442,10 @@ class EventStore:
             if version is not None and (type(version) is not int or version < 0):
                 raise EventRejectedError(f"expected version of {stream} must be >= 0 or None")
         fingerprint = hashlib.sha256(
-            orjson.dumps([described, sorted(expected.items())], option=orjson.OPT_SORT_KEYS)
+            orjson.dumps(
+                [described, sorted(expected.items()), [actor.kind, actor.id]],
+                option=orjson.OPT_SORT_KEYS,
+            )
         ).digest()
         return _Pending(
             events=checked,
@@ -869,14 +875,6 @@ class EventStore:
                 subject_id,
             )
         return int(status.split()[-1])
-
-
-def _check_expected(pending: _Pending, versions: Mapping[str, int]) -> ConcurrencyError | None:
-    for stream, expected in pending.expected.items():
-        actual = versions.get(stream, 0)
-        if expected is not None and expected != actual:
-            return ConcurrencyError(stream, expected, actual)
-    return None
 
 
 def _head_from_row(tenant_id: UUID, row: asyncpg.Record) -> LogHead:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 T = TypeVar("T")
 
 PREFIX = "STRONGROOM_"
-_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?$")
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 class SettingsError(ValueError):
@@ -81,9 +81,20 @@ class Settings:
         take("log_host", _parse_log_host)
         take("db_pool_size", _int_between(1, 500))
         take("log_level", _one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+        flags: dict[str, Callable[[str, str], object]] = {
+            "host": _parse_host,
+            "port": _parse_port,
+            "log_host": _parse_log_host,
+        }
         for key, value in overrides.items():
-            if value is not None:
-                values[key] = value
+            if value is None:
+                continue
+            parse = flags.get(key)
+            values[key] = parse("--" + key.replace("_", "-"), str(value)) if parse else value
+        if "owner_database_url" in values and "database_url" not in values:
+            raise SettingsError(
+                PREFIX + "DATABASE_URL", "to be set too when STRONGROOM_OWNER_DATABASE_URL is"
+            )
         return cls(**values)  # type: ignore[arg-type]
 
     def load_master_key(self) -> bytes | None:
@@ -102,7 +113,7 @@ class Settings:
 
 
 def _parse_host(variable: str, raw: str) -> str:
-    if not _HOSTNAME.fullmatch(raw) and raw != "::1":
+    if not _HOSTNAME.fullmatch(raw) and raw not in ("::1", "::"):
         raise SettingsError(variable, "a host name or IP address, e.g. 127.0.0.1")
     return raw
 

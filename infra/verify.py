@@ -101,6 +101,15 @@ async def verify_tenant(
             raise _Bad(size, "the head's chain hash does not match the log")
         if frontier.to_bytes() != head["frontier"]:
             raise _Bad(size, "the head's Merkle frontier does not match the log")
+        async with tenant_transaction(pool, tenant_id, readonly=True) as conn:
+            # One statement, one snapshot: an append commits its rows and its head together.
+            beyond = await conn.fetchval(
+                "SELECT min(e.seq) FROM event_log e JOIN tenant_log h USING (tenant_id) "
+                "WHERE e.tenant_id = $1 AND e.seq > h.size",
+                tenant_id,
+            )
+        if beyond is not None:
+            raise _Bad(beyond, "a row lies beyond the head: it was not appended by the store")
     except _Bad as bad:
         return VerifyReport(
             tenant_id, size, bad.seq - 1, ok=False, first_bad_seq=bad.seq, reason=bad.reason

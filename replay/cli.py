@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -67,12 +68,21 @@ err = Console(stderr=True)
 
 
 class CommandFailed(click.ClickException):
-    """One line on stderr, exit code 2."""
+    """An expected failure: one line on stderr, exit code 2."""
 
     exit_code = 2
 
     def show(self, file: Any = None) -> None:
         err.print(f"[red]error:[/red] {self.message}", highlight=False)
+
+
+class InternalFailure(CommandFailed):
+    """A bug or an unforeseen condition: exit code 3, details only with --debug.
+
+    The exception's text is not shown: driver errors can quote row values.
+    """
+
+    exit_code = 3
 
 
 def friendly_errors(command: F) -> F:
@@ -84,12 +94,24 @@ def friendly_errors(command: F) -> F:
             if click.get_current_context().find_root().params.get("debug"):
                 raise
             raise CommandFailed(str(e) or type(e).__name__) from None
+        except (click.ClickException, click.exceptions.Exit, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise InternalFailure(
+                f"unexpected {type(e).__name__}; run with --debug for details"
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings.from_env(**overrides)
+    settings = Settings.from_env(**overrides)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return settings
 
 
 def _print_json(value: Any) -> None:
@@ -147,7 +169,11 @@ def _embedded_servers(settings: Settings) -> Iterator[tuple[str, str, int | None
 def _serve(settings: Settings, endpoints: Endpoints) -> None:
     app = create_app(lambda: Runtime.open(settings, endpoints))
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", access_log=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
     )
     out.print(
         f"Strongroom {strongroom_version()} is up: [bold]http://{settings.host}:{settings.port}"

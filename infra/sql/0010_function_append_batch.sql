@@ -69,15 +69,16 @@ BEGIN
      WHERE x.actual <> x.version;
 
     IF p_subject IS NOT NULL AND cardinality(p_subject) > 0 THEN
-        -- FOR SHARE: a concurrent shred either committed before (seen here as
-        -- erased) or waits for this batch and then erases its values too.
+        -- Lock first, then look: a concurrent shred either committed before the
+        -- lock (and the next statement's fresh snapshot sees it as erased) or
+        -- waits for this batch and then erases its values too.
+        PERFORM 1 FROM subject_key k
+         WHERE k.tenant_id = p_tenant AND k.subject_id = ANY (p_subject) FOR SHARE;
         SELECT jsonb_agg(DISTINCT jsonb_build_object('command', p.cmd, 'subject', k.subject_id))
           INTO erased
           FROM unnest(p_subject, p_command) AS p(subject, cmd)
           JOIN subject_key k ON k.tenant_id = p_tenant AND k.subject_id = p.subject
          WHERE k.wrapped IS NULL;
-        PERFORM 1 FROM subject_key k
-         WHERE k.tenant_id = p_tenant AND k.subject_id = ANY (p_subject) FOR SHARE;
     END IF;
 
     IF replays IS NOT NULL OR conflicts IS NOT NULL OR erased IS NOT NULL THEN

@@ -132,3 +132,38 @@ async def test_the_append_function_refuses_a_tenant_other_than_the_one_set(
             )
     with pytest.raises(ValueError, match="not a tenant function"):
         await call_in_tenant(pool, a, "pg_sleep", 1)
+
+
+async def test_the_same_command_id_from_another_actor_is_not_a_replay(store: EventStore) -> None:
+    tenant = uuid.uuid4()
+    command = uuid.uuid4()
+    await store.append(
+        tenant, [event("thing-a")], expected={"thing-a": 0}, command_id=command, actor=ACTOR
+    )
+    with pytest.raises(CommandIdReusedError):
+        await store.append(
+            tenant,
+            [event("thing-a")],
+            expected={"thing-a": 0},
+            command_id=command,
+            actor=Actor("user", "someone-else"),
+        )
+
+
+async def test_verify_names_a_row_slipped_in_beyond_the_head(
+    store: EventStore, pool: asyncpg.Pool, superuser: asyncpg.Connection
+) -> None:
+    tenant = uuid.uuid4()
+    for i in range(5):
+        await append(store, tenant, f"thing-{i}", 0)
+    await superuser.execute(
+        "INSERT INTO event_log (tenant_id, seq, stream_id, stream_version, event_id, event_type,"
+        " recorded_at, leaf, leaf_hash, chain_hash)"
+        " SELECT tenant_id, 6, 'thing-x', 1, $2, event_type, recorded_at, leaf, leaf_hash,"
+        " chain_hash FROM event_log WHERE tenant_id = $1 AND seq = 5",
+        tenant,
+        uuid.uuid4(),
+    )
+    report = await verify_tenant(pool, tenant)
+    assert not report.ok and report.first_bad_seq == 6
+    assert report.reason is not None and "beyond the head" in report.reason

@@ -75,3 +75,21 @@ def test_master_key_file_is_read_and_checked(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="STRONGROOM_MASTER_KEY_FILE: expected a readable"):
         missing = Settings.from_env({"STRONGROOM_MASTER_KEY_FILE": str(tmp_path / "nope")})
         missing.load_master_key()
+
+
+def test_command_line_flags_are_checked_like_variables() -> None:
+    with pytest.raises(SettingsError, match=r"^--port: expected an integer"):
+        Settings.from_env({}, port=0)
+    with pytest.raises(SettingsError, match=r"^--host: expected a host name"):
+        Settings.from_env({}, host="localhost:8700")
+    assert Settings.from_env({}, host="::1", port=8701).port == 8701
+
+
+def test_a_host_with_a_port_is_refused() -> None:
+    with pytest.raises(SettingsError, match="STRONGROOM_HOST"):
+        Settings.from_env({"STRONGROOM_HOST": "example.com:80"})
+
+
+def test_an_owner_url_alone_is_refused_rather_than_silently_using_the_embedded_server() -> None:
+    with pytest.raises(SettingsError, match=r"^STRONGROOM_DATABASE_URL: expected to be set too"):
+        Settings.from_env({"STRONGROOM_OWNER_DATABASE_URL": "postgresql://o:p@db:5432/s"})
