@@ -22,14 +22,16 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import os
 import re
 import secrets
+import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 import orjson
@@ -38,7 +40,7 @@ from domain.errors import ConflictError, InvalidError, NotFoundError
 from infra import canonical
 from infra.db import call_in_tenant, tenant_transaction
 from infra.keyring import Keyring, SubjectErasedError, SubjectKey, open_sealed, pii_aad, seal
-from infra.merkle import ZERO_HASH, Frontier, chain_hash, leaf_hash
+from infra.merkle import MIN_STORED_LEVEL, ZERO_HASH, Frontier, chain_hash, leaf_hash
 
 LEAF_FORMAT_VERSION: Final = 1
 ACTOR_KINDS: Final = frozenset({"user", "api_key", "system", "operator", "platform"})
@@ -178,6 +180,8 @@ class _Pending:
     causation: UUID | None
     fingerprint: bytes
     event_ids: list[UUID]
+    data_json: list[bytes]
+    """Each event's data, already canonical: put into the leaf as it is."""
     future: asyncio.Future[AppendResult]
 
 
@@ -231,6 +235,8 @@ class _Plan:
             lh = leaf_hash(leaf)
             self.chain = chain_hash(self.chain, lh)
             for node in self.frontier.append(lh):
+                if node.level < MIN_STORED_LEVEL:
+                    continue
                 self.node_levels.append(node.level)
                 self.node_indexes.append(node.index)
                 self.node_hashes.append(node.hash)
@@ -343,6 +349,20 @@ def _is_encodable(value: object, max_length: int) -> bool:
     return True
 
 
+def new_event_id() -> UUID:
+    """A UUIDv7 (RFC 9562): time-ordered, so the event id index grows at its right edge."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (millis & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76
+        | (rand >> 62 & 0xFFF) << 64
+        | 0b10 << 62
+        | rand & 0x3FFF_FFFF_FFFF_FFFF
+    )
+    return UUID(int=value)
+
+
 def origin_for(log_host: str, tenant_id: UUID) -> str:
     return f"{log_host}/t/{tenant_id}"
 
@@ -410,6 +430,7 @@ class EventStore:
             raise EventRejectedError(f"a command appends at most {MAX_EVENTS_PER_COMMAND} events")
         described = []
         checked: list[NewEvent] = []
+        data_json: list[bytes] = []
         for i, e in enumerate(events):
             where = f"event {i}"
             if not _STREAM.fullmatch(e.stream):
@@ -438,6 +459,7 @@ class EventStore:
             # Personal values stay out of the fingerprint: it is kept forever.
             described.append([e.stream, e.type, data_bytes.decode(), sorted(e.personal), e.subject])
             checked.append(e)
+            data_json.append(data_bytes)
         for stream, version in expected.items():
             if version is not None and (type(version) is not int or version < 0):
                 raise EventRejectedError(f"expected version of {stream} must be >= 0 or None")
@@ -455,7 +477,8 @@ class EventStore:
             correlation=correlation or command_id,
             causation=causation,
             fingerprint=fingerprint,
-            event_ids=[uuid4() for _ in events],
+            event_ids=[new_event_id() for _ in events],
+            data_json=data_json,
             future=asyncio.get_running_loop().create_future(),
         )
 
@@ -724,7 +747,7 @@ class EventStore:
                     "causation": causation,
                     "correlation": correlation,
                     "salt": base64.b64encode(secrets.token_bytes(16)).decode(),
-                    "data": event.data,
+                    "data": orjson.Fragment(pending.data_json[offset]),
                     "pii": pii_refs,
                 },
                 option=orjson.OPT_SORT_KEYS,

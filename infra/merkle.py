@@ -7,9 +7,9 @@
 The tree is kept incrementally as a *frontier*: the roots of the perfect
 subtrees that make up the first ``size`` leaves, largest (leftmost) first, one
 per set bit of ``size``. Appending a leaf merges equal-sized subtrees, and each
-merge is a complete subtree that the store records as a ``merkle_node`` row
-(level >= 1; level 0 are the leaf hashes in the event log). Any inclusion or
-consistency proof is then a handful of reads of complete subtrees.
+merge is a complete subtree; the store records those of level >=
+``MIN_STORED_LEVEL`` as ``merkle_node`` rows (level 0 are the leaf hashes in the
+event log). Any inclusion or consistency proof is then a handful of reads.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 HASH_SIZE = 32
+MIN_STORED_LEVEL = 4
+"""Only complete subtrees of 16 or more leaves are stored; a smaller one is
+recomputed from at most 16 leaf hashes. That keeps proofs at O(log n) reads
+while writing about one node row per eight events instead of one per event."""
 ZERO_HASH = bytes(HASH_SIZE)
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 

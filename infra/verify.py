@@ -22,7 +22,7 @@ import orjson
 from infra import canonical
 from infra.db import tenant_transaction
 from infra.eventstore import format_ts
-from infra.merkle import ZERO_HASH, Frontier, Node, chain_hash, leaf_hash
+from infra.merkle import MIN_STORED_LEVEL, ZERO_HASH, Frontier, Node, chain_hash, leaf_hash
 
 PAGE = 5000
 
@@ -92,7 +92,11 @@ async def verify_tenant(
                     chain = chain_hash(chain, lh)
                     if chain != row["chain_hash"]:
                         raise _Bad(row["seq"], "chain hash does not match")
-                    closed.extend((row["seq"], node) for node in frontier.append(lh))
+                    closed.extend(
+                        (row["seq"], node)
+                        for node in frontier.append(lh)
+                        if node.level >= MIN_STORED_LEVEL
+                    )
                     expected_seq += 1
                 await _check_nodes(conn, tenant_id, closed)
             if progress is not None:

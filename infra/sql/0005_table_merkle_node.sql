@@ -1,8 +1,9 @@
--- Complete Merkle subtrees (level >= 1; level 0 is event_log.leaf_hash):
--- node (level, idx) covers leaves [idx * 2^level, (idx + 1) * 2^level).
+-- Complete Merkle subtrees of 16 leaves or more (level >= 4): node (level, idx)
+-- covers leaves [idx * 2^level, (idx + 1) * 2^level). Smaller subtrees are
+-- recomputed from at most 16 leaf hashes (event_log.leaf_hash is level 0).
 CREATE TABLE merkle_node (
     tenant_id  uuid NOT NULL,
-    level      smallint NOT NULL CHECK (level BETWEEN 1 AND 62),
+    level      smallint NOT NULL CHECK (level BETWEEN 4 AND 62),
     idx        bigint NOT NULL CHECK (idx >= 0),
     hash       bytea NOT NULL CHECK (length(hash) = 32),
     PRIMARY KEY (tenant_id, level, idx)

@@ -20,7 +20,10 @@ CREATE FUNCTION append_batch(
     x_command integer[], x_stream text[], x_version integer[], x_any boolean[],
     p_hash bytea[], p_subject text[], p_command integer[], p_ciphertext bytea[]
 ) RETURNS jsonb
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = public AS $$
+LANGUAGE plpgsql SECURITY INVOKER
+SET search_path = public
+SET plan_cache_mode = force_generic_plan  -- array parameters: never worth re-planning
+AS $$
 DECLARE
     head tenant_log%ROWTYPE;
     replays jsonb;

@@ -167,3 +167,26 @@ async def test_verify_names_a_row_slipped_in_beyond_the_head(
     report = await verify_tenant(pool, tenant)
     assert not report.ok and report.first_bad_seq == 6
     assert report.reason is not None and "beyond the head" in report.reason
+
+
+async def test_exactly_the_complete_subtrees_of_16_or_more_leaves_are_stored(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    tenant = uuid.uuid4()
+    await store.append(
+        tenant,
+        [event(f"thing-{i}", i) for i in range(70)],
+        expected={f"thing-{i}": 0 for i in range(70)},
+        command_id=uuid.uuid4(),
+        actor=ACTOR,
+    )
+    leaves = [e.leaf_hash for e in await store.read_log(tenant, limit=100)]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+        rows = await conn.fetch("SELECT level, idx, hash FROM merkle_node ORDER BY level, idx")
+    stored = {(r["level"], r["idx"]): r["hash"] for r in rows}
+    # 70 leaves: level 4 holds 4 subtrees of 16, level 5 holds 2 of 32, level 6 one of 64.
+    assert sorted(stored) == [(4, 0), (4, 1), (4, 2), (4, 3), (5, 0), (5, 1), (6, 0)]
+    for (level, idx), digest in stored.items():
+        width = 1 << level
+        assert digest == reference_root(leaves[idx * width : (idx + 1) * width])

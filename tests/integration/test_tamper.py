@@ -225,10 +225,11 @@ async def truncate_the_tail(superuser: asyncpg.Connection, tenant: UUID) -> None
 
 
 async def alter_a_merkle_node(superuser: asyncpg.Connection, tenant: UUID) -> None:
-    # Level 2, index 1 covers seq 5..8, so it is checked when seq 8 closes it.
+    # Level 4, index 0 covers seq 1..16 (smaller subtrees are not stored), so it is
+    # checked when seq 16 closes it.
     status = await as_rogue_dba(
         superuser,
-        "UPDATE merkle_node SET hash = sha256(hash) WHERE tenant_id = $1 AND level = 2 AND idx = 1",
+        "UPDATE merkle_node SET hash = sha256(hash) WHERE tenant_id = $1 AND level = 4 AND idx = 0",
         tenant,
     )
     assert status == "UPDATE 1"
@@ -273,7 +274,7 @@ Tamper = Callable[[asyncpg.Connection, UUID], Awaitable[None]]
         pytest.param(delete_seq_7, 7, "missing", id="a deleted event"),
         pytest.param(swap_5_and_9, 5, "seq", id="two leaves swapped"),
         pytest.param(truncate_the_tail, 15, "ends at seq 14", id="a truncated tail"),
-        pytest.param(alter_a_merkle_node, 8, "Merkle node level 2 index 1", id="a Merkle node"),
+        pytest.param(alter_a_merkle_node, 16, "Merkle node level 4 index 0", id="a Merkle node"),
         pytest.param(delete_a_merkle_node, 16, "Merkle node level 4", id="a deleted Merkle node"),
         pytest.param(alter_the_head_chain, 20, "chain", id="the head's chain hash"),
         pytest.param(backdate_recorded_at, 7, "", id="a backdated recorded_at column"),

@@ -49,7 +49,7 @@ async def tenant_tables(conn: asyncpg.Connection) -> list[str]:
 
 async def fill(store: EventStore, tenant: UUID) -> None:
     """Give a tenant rows in every tenant table: events, nodes, commands, keys, PII."""
-    for i in range(3):
+    for i in range(16):  # 16 leaves close the first stored Merkle node
         subject = f"member-{uuid4()}"
         await store.append(
             tenant,
