@@ -1,0 +1,53 @@
+"""``make bench``: run the benchmark suites, print one table, write JSON to ``bench-results/``.
+
+Usage: ``python -m tests.bench [--quick]``. ``--quick`` measures about one second per row
+(a smoke run; its numbers are not meant to be compared with the targets). Exits 1 only
+when a row had errors or the log heads disagree with what the writers appended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import version
+
+from tests.bench import bench_append
+from tests.bench._report import print_table, write_json
+from tests.bench._stack import bench_database, machine_info
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="about 1 s per row (smoke run)")
+    return parser.parse_args(argv)
+
+
+def settings(quick: bool) -> dict[str, object]:
+    window = bench_append.QUICK if quick else bench_append.FULL
+    return {
+        "quick": quick,
+        "warmup_s": window.warmup,
+        "measure_s": window.measure,
+        "tenants": bench_append.TENANTS,
+        "batch_events": bench_append.BATCH_EVENTS,
+        "pool_max_size": bench_append.POOL_MAX,
+        "asyncpg": version("asyncpg"),
+        "eventsourcing": version("eventsourcing"),
+        "psycopg": version("psycopg"),
+    }
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    with bench_database() as db:
+        machine = machine_info(db)
+        rows = bench_append.run_suite(db, quick=args.quick)
+    print_table(machine, rows, quick=args.quick)
+    path = write_json(machine, settings(args.quick), rows)
+    print(f"results: {path}")
+    # A missed target is a finding, not a crash; errors or lost events are.
+    return 1 if any(r.problems for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
