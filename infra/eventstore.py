@@ -570,19 +570,19 @@ class EventStore:
                     )
                 else:
                     replays.append((i, r["first_seq"], r["count"]))
+            replayed = {i for i, _, _ in replays}
             for c in answer["conflicts"]:
                 i = plan.commands[c["command"]]
                 if c["any"]:
                     head.versions[c["stream"]] = c["actual"]
-                elif outcomes[i] is None:
+                elif outcomes[i] is None and i not in replayed:
                     outcomes[i] = ConcurrencyError(c["stream"], c["expected"], c["actual"])
             for e in answer["erased"]:
                 i = plan.commands[e["command"]]
                 outcomes[i] = PersonalDataErasedError(
                     "personal data of an erased subject is refused"
                 )
-            done = {i for i, _, _ in replays}
-            live = [i for i in live if outcomes[i] is None and i not in done]
+            live = [i for i in live if outcomes[i] is None and i not in replayed]
         else:
             for i in live:
                 outcomes[i] = ConflictError("the tenant log is too busy right now; retry")
