@@ -39,7 +39,7 @@ import orjson
 from domain.errors import ConflictError, InvalidError, NotFoundError
 from infra import canonical
 from infra.db import call_in_tenant, tenant_transaction
-from infra.keyring import Keyring, SubjectErasedError, SubjectKey, open_sealed, pii_aad, seal
+from infra.keyring import Keyring, SubjectKey, open_sealed, pii_aad, seal
 from infra.merkle import MIN_STORED_LEVEL, ZERO_HASH, Frontier, chain_hash, leaf_hash
 
 LEAF_FORMAT_VERSION: Final = 1
@@ -913,6 +913,4 @@ def _head_from_row(tenant_id: UUID, row: asyncpg.Record) -> LogHead:
 def _translate(error: BaseException) -> BaseException:
     if isinstance(error, asyncpg.UniqueViolationError):
         return ConflictError("a concurrent append won; retry the command")
-    if isinstance(error, SubjectErasedError):
-        return PersonalDataErasedError(str(error))
     return error

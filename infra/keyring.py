@@ -33,14 +33,6 @@ class DecryptionError(KeyringError):
     """A sealed value does not open: wrong key, wrong place, or tampered."""
 
 
-class SubjectErasedError(KeyringError):
-    """The data subject was crypto-shredded; no new personal data is taken for it."""
-
-    def __init__(self, subject_id: str) -> None:
-        super().__init__("the data subject has been erased")
-        self.subject_id = subject_id
-
-
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     nonce = secrets.token_bytes(NONCE_SIZE)
     return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)

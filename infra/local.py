@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,16 +35,7 @@ class RunInfo:
 
 def write_run_info(data_dir: Path, info: RunInfo) -> None:
     path = data_dir / RUN_FILE
-    path.write_text(json.dumps(_as_dict(info)))
-
-
-def _as_dict(info: RunInfo) -> dict[str, object]:
-    return {
-        "pid": info.pid,
-        "postgres_port": info.postgres_port,
-        "nats_url": info.nats_url,
-        "api_url": info.api_url,
-    }
+    path.write_text(json.dumps(asdict(info)))
 
 
 def remove_run_info(data_dir: Path) -> None:
