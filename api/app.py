@@ -10,6 +10,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from api.health import HealthController
+from api.metrics import MetricsController
 from api.middleware import add_security_headers
 from api.problems import EXCEPTION_HANDLERS
 from infra.runtime import Runtime, strongroom_version
@@ -30,7 +31,7 @@ def create_app(open_runtime: Callable[[], Awaitable[Runtime]]) -> Litestar:
             await runtime.close()
 
     return Litestar(
-        route_handlers=[HealthController],
+        route_handlers=[HealthController, MetricsController],
         lifespan=[lifespan],
         before_send=[add_security_headers],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from domain.errors import (
     InvalidError,
     NotFoundError,
     StrongroomError,
+    UnavailableError,
 )
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ _BY_CLASS: list[tuple[type[StrongroomError], int, str]] = [
     (NotFoundError, 404, "not-found"),
     (ConflictError, 409, "conflict"),
     (ForbiddenError, 403, "forbidden"),
+    (UnavailableError, 503, "unavailable"),
 ]
 
 _TITLES = {
@@ -74,7 +76,10 @@ def problem(
 def handle_domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     for cls, status, slug in _BY_CLASS:
         if isinstance(exc, cls):
-            return problem(status, str(exc), slug=slug)
+            response = problem(status, str(exc), slug=slug)
+            if status == 503:
+                response.headers["Retry-After"] = "1"
+            return response
     return handle_unexpected(_, exc)
 
 

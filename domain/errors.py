@@ -26,3 +26,7 @@ class ConflictError(StrongroomError):
 
 class ForbiddenError(StrongroomError):
     """Authenticated, but not allowed (403)."""
+
+
+class UnavailableError(StrongroomError):
+    """Temporarily unable to answer, e.g. a read model still catching up (503)."""

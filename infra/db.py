@@ -64,6 +64,20 @@ async def tenant_transaction(
         yield conn
 
 
+async def set_tenant(conn: asyncpg.Connection, tenant_id: UUID) -> None:
+    """Switch an open transaction of a dedicated connection to ``tenant_id``.
+
+    For the owner connection of a read-model swap, which visits tenants one
+    after the other inside one transaction; pooled work uses
+    :func:`tenant_transaction`.
+    """
+    if not isinstance(tenant_id, UUID):
+        raise TypeError("tenant_id must be a UUID")
+    if not conn.is_in_transaction():
+        raise RuntimeError("set_tenant needs an open transaction")
+    await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
+
+
 _TENANT_FUNCTIONS = frozenset({"append_batch"})
 
 

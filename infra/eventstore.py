@@ -22,12 +22,13 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -41,6 +42,8 @@ from infra import canonical
 from infra.db import call_in_tenant, tenant_transaction
 from infra.keyring import Keyring, SubjectKey, open_sealed, pii_aad, seal
 from infra.merkle import MIN_STORED_LEVEL, ZERO_HASH, Frontier, chain_hash, leaf_hash
+
+log = logging.getLogger(__name__)
 
 LEAF_FORMAT_VERSION: Final = 1
 ACTOR_KINDS: Final = frozenset({"user", "api_key", "system", "operator", "platform"})
@@ -164,6 +167,21 @@ class LogHead:
     @property
     def root(self) -> bytes:
         return self.frontier.root()
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """An event just committed, as the after-commit publisher needs it."""
+
+    seq: int
+    stream: str
+    type: str
+    leaf: bytes
+    chain_hash: bytes
+
+
+CommitListener = Callable[[UUID, Sequence[Committed]], None]
+"""Called once per committed batch, in commit order per tenant; must not block."""
 
 
 ExpectedVersions = Mapping[str, int | None]
@@ -389,6 +407,10 @@ class EventStore:
         self._queues: dict[UUID, deque[_Pending]] = {}
         self._drainers: dict[UUID, asyncio.Task[None]] = {}
         self._heads: dict[UUID, _HeadCache] = {}
+        self._listeners: list[CommitListener] = []
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
 
     # ---- append -----------------------------------------------------------------
 
@@ -554,6 +576,7 @@ class EventStore:
             if answer["status"] == "ok":
                 head.commit(plan)
                 self._heads[tenant_id] = head
+                self._announce(tenant_id, plan)
                 for i, result in plan.results.items():
                     outcomes[i] = result
                 for i, error in plan.local_rejections.items():
@@ -598,6 +621,21 @@ class EventStore:
             )
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
+
+    def _announce(self, tenant_id: UUID, plan: _Plan) -> None:
+        if not self._listeners:
+            return
+        committed = [
+            Committed(seq, stream, type_, leaf, chain)
+            for seq, stream, type_, leaf, chain in zip(
+                plan.seqs, plan.streams, plan.types, plan.leaves, plan.chain_hashes, strict=True
+            )
+        ]
+        for listener in self._listeners:
+            try:
+                listener(tenant_id, committed)
+            except Exception:  # a listener must never fail an append that committed
+                log.exception("commit listener failed")
 
     def _unknown_head(self, tenant_id: UUID) -> _HeadCache:
         return _HeadCache(origin=origin_for(self._log_host, tenant_id))
@@ -789,7 +827,7 @@ class EventStore:
                 to_version,
                 to_seq,
             )
-            return await self._decode(conn, tenant_id, rows)
+            return await self.decode(conn, tenant_id, rows)
 
     async def read_log(
         self, tenant_id: UUID, *, after: int = 0, limit: int = 1000
@@ -805,7 +843,7 @@ class EventStore:
                 after,
                 limit,
             )
-            return await self._decode(conn, tenant_id, rows)
+            return await self.decode(conn, tenant_id, rows)
 
     async def read_event(self, tenant_id: UUID, seq: int) -> RecordedEvent:
         async with tenant_transaction(self._pool, tenant_id, readonly=True) as conn:
@@ -817,11 +855,13 @@ class EventStore:
             )
             if not rows:
                 raise NotFoundError(f"no event at seq {seq}")
-            return (await self._decode(conn, tenant_id, rows))[0]
+            return (await self.decode(conn, tenant_id, rows))[0]
 
-    async def _decode(
+    async def decode(
         self, conn: asyncpg.Connection, tenant_id: UUID, rows: Sequence[asyncpg.Record]
     ) -> list[RecordedEvent]:
+        """Events from ``event_log`` rows (seq, leaf, leaf_hash, chain_hash), personal
+        fields decrypted; ``conn`` is in a transaction of ``tenant_id``."""
         leaves = [orjson.loads(r["leaf"]) for r in rows]
         wanted = [bytes.fromhex(h) for leaf in leaves for h in leaf["pii"].values()]
         values: dict[bytes, asyncpg.Record] = {}

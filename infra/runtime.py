@@ -1,22 +1,33 @@
 """Wiring: builds every long-lived client of one process, in one place.
 
 Nothing connects at import time; entry points (the API's lifespan, CLI
-commands) open a :class:`Runtime` and close it when they stop.
+commands) open a :class:`Runtime` and close it when they stop. What runs in
+the background is chosen by the entry point: ``strongroom up`` runs the relay
+and every projection inside the API process; ``serve`` runs none of them
+(``strongroom worker relay|projections`` do, as their own processes).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import contextlib
+import logging
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 import asyncpg
 
-from infra.broker import Broker
+from infra.broker import Broker, StreamPolicy
 from infra.db import create_pool
 from infra.eventstore import EventStore
 from infra.keyring import Keyring
+from infra.positions import PositionWaiter
+from infra.projector import ProjectionRunner
+from infra.publisher import Publisher, Relay
 from infra.settings import Settings
+from projections.base import Projection
+
+log = logging.getLogger(__name__)
 
 
 def strongroom_version() -> str:
@@ -35,6 +46,14 @@ class Endpoints:
     master_key: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Workers:
+    """Background work a process runs besides serving."""
+
+    relay: bool = False
+    projections: tuple[Projection, ...] = ()
+
+
 @dataclass(slots=True)
 class Runtime:
     settings: Settings
@@ -42,15 +61,39 @@ class Runtime:
     keyring: Keyring
     store: EventStore
     broker: Broker
+    publisher: Publisher
+    positions: PositionWaiter
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def open(cls, settings: Settings, endpoints: Endpoints) -> Runtime:
+    async def open(
+        cls, settings: Settings, endpoints: Endpoints, workers: Workers | None = None
+    ) -> Runtime:
+        workers = workers or Workers()
         pool = await create_pool(endpoints.app_database_url, max_size=settings.db_pool_size)
         keyring = Keyring(endpoints.master_key)
-        broker = Broker(endpoints.nats_url)
+        broker = Broker(
+            endpoints.nats_url,
+            StreamPolicy(
+                replicas=settings.nats_replicas,
+                max_age_seconds=settings.nats_max_age,
+                duplicate_window_seconds=settings.nats_duplicate_window,
+            ),
+        )
         broker.start()
         store = EventStore(pool, keyring, log_host=settings.log_host)
-        return cls(settings, pool, keyring, store, broker)
+        publisher = Publisher(broker, pool)
+        store.add_commit_listener(publisher.committed)
+        publisher.start()
+        positions = PositionWaiter(pool, endpoints.app_database_url)
+        positions.start()
+        runtime = cls(settings, pool, keyring, store, broker, publisher, positions)
+        if workers.relay:
+            runtime.tasks.append(asyncio.create_task(Relay(pool, broker).run()))
+        for projection in workers.projections:
+            runner = ProjectionRunner(pool, store, broker, projection)
+            runtime.tasks.append(asyncio.create_task(runner.run()))
+        return runtime
 
     async def readiness(self) -> dict[str, bool]:
         async def postgres() -> bool:
@@ -63,6 +106,20 @@ class Runtime:
         pg, nats_ok = await asyncio.gather(postgres(), self.broker.ping())
         return {"postgres": pg, "nats": nats_ok}
 
+    async def wait_closed(self) -> None:
+        """Run until a background worker stops (it only stops by failing)."""
+        if self.tasks:
+            await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.Event().wait()
+
     async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.publisher.close()
+        await self.positions.close()
         await self.broker.close()
         await self.pool.close()

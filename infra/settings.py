@@ -50,6 +50,12 @@ class Settings:
     """Host part of every tenant log origin: ``<log_host>/t/<tenant uuid>``."""
     db_pool_size: int = 16
     log_level: str = "INFO"
+    nats_replicas: int = 1
+    """JetStream stream replicas (3 in a 3-node cluster)."""
+    nats_max_age: int = 7 * 24 * 3600
+    """Seconds JetStream keeps an event message (Postgres keeps the log forever)."""
+    nats_duplicate_window: int = 120
+    """Seconds within which a re-published event (same Nats-Msg-Id) is dropped."""
 
     @property
     def embedded_postgres(self) -> bool:
@@ -81,6 +87,9 @@ class Settings:
         take("log_host", _parse_log_host)
         take("db_pool_size", _int_between(1, 500))
         take("log_level", _one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+        take("nats_replicas", _int_between(1, 5))
+        take("nats_max_age", _int_between(60, 365 * 24 * 3600))
+        take("nats_duplicate_window", _int_between(1, 24 * 3600))
         flags: dict[str, Callable[[str, str], object]] = {
             "host": _parse_host,
             "port": _parse_port,

@@ -1,0 +1,12 @@
+"""Read models built from the tenant logs: one module per read model."""
+
+from __future__ import annotations
+
+from projections.base import Projection
+from projections.members import MembersProjection
+
+ALL: tuple[Projection, ...] = (MembersProjection(),)
+
+
+def by_name(name: str) -> Projection | None:
+    return next((p for p in ALL if p.name == name), None)

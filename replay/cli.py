@@ -8,35 +8,24 @@ scripts. Expected failures print one line on stderr and exit non-zero; add
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
-import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 from uuid import UUID
 
 import click
 import uvicorn
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from api.app import create_app
-from domain.errors import StrongroomError
 from infra.bootstrap import prepare_embedded_database
-from infra.db import DatabaseUnavailableError, create_pool
-from infra.embedded import (
-    EmbeddedNats,
-    EmbeddedPostgres,
-    EmbeddedServerError,
-    PortInUseError,
-    ensure_port_free,
-)
+from infra.db import create_pool
+from infra.embedded import EmbeddedNats, EmbeddedPostgres, ensure_port_free
 from infra.keyring import load_or_create_dev_master_key
 from infra.local import (
     RunInfo,
@@ -46,76 +35,21 @@ from infra.local import (
     remove_run_info,
     write_run_info,
 )
-from infra.migrate import MigrationError, migrate
-from infra.runtime import Endpoints, Runtime, strongroom_version
-from infra.settings import Settings, SettingsError
+from infra.migrate import migrate
+from infra.readmodels import ensure_projections
+from infra.runtime import Endpoints, Runtime, Workers, strongroom_version
+from infra.settings import Settings
 from infra.verify import VerifyReport, verify_tenant
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    StrongroomError,
-    SettingsError,
-    PortInUseError,
-    EmbeddedServerError,
-    DatabaseUnavailableError,
-    MigrationError,
-    OSError,
+from projections import ALL as ALL_PROJECTIONS
+from replay import pipeline
+from replay.common import (
+    CommandFailed,
+    err,
+    friendly_errors,
+    load_settings,
+    out,
+    print_json,
 )
-
-out = Console()
-err = Console(stderr=True)
-
-
-class CommandFailed(click.ClickException):
-    """An expected failure: one line on stderr, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        err.print(f"[red]error:[/red] {self.message}", highlight=False)
-
-
-class InternalFailure(CommandFailed):
-    """A bug or an unforeseen condition: exit code 3, details only with --debug.
-
-    The exception's text is not shown: driver errors can quote row values.
-    """
-
-    exit_code = 3
-
-
-def friendly_errors(command: F) -> F:
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except EXPECTED_ERRORS as e:
-            if click.get_current_context().find_root().params.get("debug"):
-                raise
-            raise CommandFailed(str(e) or type(e).__name__) from None
-        except (click.ClickException, click.exceptions.Exit, SystemExit, KeyboardInterrupt):
-            raise
-        except Exception as e:
-            if click.get_current_context().find_root().params.get("debug"):
-                raise
-            raise InternalFailure(
-                f"unexpected {type(e).__name__}; run with --debug for details"
-            ) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _settings(**overrides: Any) -> Settings:
-    settings = Settings.from_env(**overrides)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return settings
-
-
-def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
 @click.group()
@@ -149,9 +83,9 @@ def _embedded_servers(settings: Settings) -> Iterator[tuple[str, str, int | None
             assert settings.database_url is not None
             owner = settings.owner_database_url or settings.database_url
             app, pg_port = settings.database_url, None
-        applied = asyncio.run(migrate(owner))
+        applied = asyncio.run(_migrate_all(owner))
         if applied:
-            err.print(f"applied {len(applied)} migration(s)")
+            err.print(f"applied {len(applied)} migration(s) / read model(s)")
         if nats is not None:
             err.print("starting embedded NATS JetStream…")
             nats_url = nats.start()
@@ -166,8 +100,20 @@ def _embedded_servers(settings: Settings) -> Iterator[tuple[str, str, int | None
             postgres.stop()
 
 
-def _serve(settings: Settings, endpoints: Endpoints) -> None:
-    app = create_app(lambda: Runtime.open(settings, endpoints))
+async def _migrate_all(owner_url: str) -> list[str]:
+    """Schema migrations, then a schema for every read model that has none."""
+    applied = await migrate(owner_url)
+    report = await ensure_projections(owner_url, ALL_PROJECTIONS)
+    for name in report.outdated:
+        err.print(
+            f"[yellow]warning:[/yellow] the tables of read model {name} changed; "
+            f"run `strongroom replay rebuild {name}`"
+        )
+    return applied + [f"read model {name}" for name in report.created]
+
+
+def _serve(settings: Settings, endpoints: Endpoints, workers: Workers | None = None) -> None:
+    app = create_app(lambda: Runtime.open(settings, endpoints, workers))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -189,7 +135,7 @@ def _serve(settings: Settings, endpoints: Endpoints) -> None:
 @friendly_errors
 def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
     """Run everything on this machine: embedded PostgreSQL and NATS, migrations, the API."""
-    settings = _settings(data_dir=data_dir, host=host, port=port)
+    settings = load_settings(data_dir=data_dir, host=host, port=port)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     running = read_run_info(settings.data_dir)
     if running is not None:
@@ -203,7 +149,11 @@ def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
                 settings.data_dir,
                 RunInfo(os.getpid(), pg_port, nats_url, f"http://{settings.host}:{settings.port}"),
             )
-            _serve(settings, Endpoints(app_url, nats_url, master_key))
+            _serve(
+                settings,
+                Endpoints(app_url, nats_url, master_key),
+                Workers(relay=True, projections=ALL_PROJECTIONS),
+            )
     except KeyboardInterrupt:
         pass
     finally:
@@ -216,8 +166,11 @@ def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
 @click.option("--port", type=int, help="Default 8700")
 @friendly_errors
 def serve(host: str | None, port: int | None) -> None:
-    """Run the API only, against STRONGROOM_DATABASE_URL and STRONGROOM_NATS_URL."""
-    settings = _settings(host=host, port=port)
+    """Run the API only, against STRONGROOM_DATABASE_URL and STRONGROOM_NATS_URL.
+
+    The relay and the projections run as `strongroom worker relay|projections`.
+    """
+    settings = load_settings(host=host, port=port)
     if settings.database_url is None or settings.nats_url is None:
         raise CommandFailed("serve needs STRONGROOM_DATABASE_URL and STRONGROOM_NATS_URL")
     master_key = settings.load_master_key()
@@ -236,12 +189,12 @@ def migrate_command(as_json: bool) -> None:
     """Apply pending schema migrations (as the owner role)."""
 
     async def run() -> list[str]:
-        async with database_urls(_settings()) as urls:
-            return await migrate(urls.owner)
+        async with database_urls(load_settings()) as urls:
+            return await _migrate_all(urls.owner)
 
     applied = asyncio.run(run())
     if as_json:
-        _print_json({"applied": applied})
+        print_json({"applied": applied})
     elif applied:
         for name in applied:
             out.print(f"applied {name}")
@@ -266,7 +219,7 @@ def verify(tenant: str, as_json: bool) -> None:
     if report.size == 0:
         raise CommandFailed(f"tenant {tenant_id} has no log here")
     if as_json:
-        _print_json(_report_dict(report))
+        print_json(_report_dict(report))
     else:
         table = Table(title=f"tenant {report.tenant_id}", show_header=False)
         table.add_row("events", f"{report.checked} of {report.size}")
@@ -282,7 +235,7 @@ def verify(tenant: str, as_json: bool) -> None:
 
 
 async def _verify(tenant_id: UUID, *, show_progress: bool) -> VerifyReport:
-    async with database_urls(_settings()) as urls:
+    async with database_urls(load_settings()) as urls:
         pool = await create_pool(urls.app, min_size=1, max_size=2)
         try:
             if not show_progress:
@@ -309,6 +262,10 @@ def _report_dict(report: VerifyReport) -> dict[str, Any]:
         "reason": report.reason,
         "root": report.root.hex() if report.root else None,
     }
+
+
+for command in pipeline.COMMANDS:
+    cli.add_command(command)
 
 
 def main() -> None:

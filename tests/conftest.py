@@ -25,6 +25,8 @@ from infra.embedded import EmbeddedNats, EmbeddedPostgres
 from infra.eventstore import EventStore
 from infra.keyring import Keyring
 from infra.migrate import migrate
+from infra.readmodels import ensure_projections
+from projections import ALL as ALL_PROJECTIONS
 
 LOG_HOST = "test.strongroom.localhost"
 
@@ -50,6 +52,7 @@ def database(data_dir: Path) -> Iterator[Database]:
             app_url=os.environ["STRONGROOM_DATABASE_URL"],
         )
         asyncio.run(migrate(db.owner_url))
+        asyncio.run(ensure_projections(db.owner_url, ALL_PROJECTIONS))
         yield db
         return
     server = EmbeddedPostgres(data_dir / "postgres")
@@ -57,6 +60,7 @@ def database(data_dir: Path) -> Iterator[Database]:
         superuser_url = server.start()
         urls = asyncio.run(prepare_embedded_database(superuser_url, data_dir / "postgres"))
         asyncio.run(migrate(urls.owner))
+        asyncio.run(ensure_projections(urls.owner, ALL_PROJECTIONS))
         yield Database(superuser_url, urls.owner, urls.app)
     finally:
         server.stop()

@@ -1,7 +1,8 @@
 """Row-level security, seen from the application's own database role.
 
-Every table with a ``tenant_id`` column is found in the catalogue, so a new table is
-covered (and must be isolated) the day it is added.
+Every table with a ``tenant_id`` column, in ``public`` and in every read-model schema
+(``proj_*``), is found in the catalogue, so a new table is covered (and must be
+isolated) the day it is added.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
+from infra.broker import Broker
 from infra.db import APP_ROLE, tenant_transaction
 from infra.eventstore import Actor, EventStore, NewEvent
+from infra.projector import ProjectionRunner
+from infra.publisher import advance_cursor
+from projections import ALL as ALL_PROJECTIONS
 from tests.conftest import Database
 
 EXPECTED_TENANT_TABLES = {
@@ -25,6 +30,10 @@ EXPECTED_TENANT_TABLES = {
     "tenant_key",
     "subject_key",
     "pii_value",
+    "relay_cursor",
+    "projection_failure",
+    "proj_members.members_view",
+    "proj_members.position",
 }
 POLICY_TEXT = "NULLIF(current_setting('app.tenant_id'"
 
@@ -38,26 +47,29 @@ class Tenants:
 
 async def tenant_tables(conn: asyncpg.Connection) -> list[str]:
     rows = await conn.fetch(
-        "SELECT c.relname FROM pg_class c "
+        "SELECT CASE WHEN n.nspname = 'public' THEN c.relname "
+        "ELSE n.nspname || '.' || c.relname END AS name FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "JOIN pg_attribute a ON a.attrelid = c.oid "
-        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') "
-        "AND a.attname = 'tenant_id' AND NOT a.attisdropped ORDER BY c.relname"
+        "WHERE (n.nspname = 'public' OR n.nspname LIKE 'proj\\_%') AND c.relkind IN ('r', 'p') "
+        "AND a.attname = 'tenant_id' AND NOT a.attisdropped ORDER BY 1"
     )
-    return [r["relname"] for r in rows]
+    return [r["name"] for r in rows]
 
 
-async def fill(store: EventStore, tenant: UUID) -> None:
-    """Give a tenant rows in every tenant table: events, nodes, commands, keys, PII."""
+async def fill(store: EventStore, pool: asyncpg.Pool, broker: Broker, tenant: UUID) -> None:
+    """Give a tenant rows in every tenant table: events, nodes, commands, keys, PII,
+    publication cursor, read models and their positions, a projection failure."""
     for i in range(16):  # 16 leaves close the first stored Merkle node
-        subject = f"member-{uuid4()}"
+        member = uuid4()
+        subject = f"member-{member}"
         await store.append(
             tenant,
             [
                 NewEvent(
                     stream=subject,
                     type="member.invited",
-                    data={"n": i},
+                    data={"tenant_id": str(tenant), "role": "readonly"},
                     personal={"email": f"m{i}@example.com"},
                     subject=subject,
                 )
@@ -66,13 +78,23 @@ async def fill(store: EventStore, tenant: UUID) -> None:
             command_id=uuid4(),
             actor=Actor("system", "isolation-test"),
         )
+    assert await advance_cursor(pool, tenant, 1, 16)
+    for projection in ALL_PROJECTIONS:
+        await ProjectionRunner(pool, store, broker, projection).advance(tenant, 16)
+    async with tenant_transaction(pool, tenant) as conn:
+        await conn.execute(
+            "INSERT INTO projection_failure (tenant_id, projection, seq, event_type, error, "
+            "attempts) VALUES ($1, 'members', 1, 'member.invited', 'ValueError', 1)",
+            tenant,
+        )
 
 
 @pytest.fixture(scope="module")
-async def tenants(store: EventStore, database: Database) -> Tenants:
+async def tenants(store: EventStore, pool: asyncpg.Pool, database: Database) -> Tenants:
     a, b = uuid4(), uuid4()
-    await fill(store, a)
-    await fill(store, b)
+    broker = Broker("nats://127.0.0.1:1")  # never connected: advance() reads the store only
+    await fill(store, pool, broker, a)
+    await fill(store, pool, broker, b)
     conn = await asyncpg.connect(database.app_url)
     try:
         tables = await tenant_tables(conn)
@@ -129,7 +151,7 @@ async def test_every_tenant_table_enables_and_forces_row_level_security(
 ) -> None:
     rows = await superuser.fetch(
         "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class "
-        "WHERE relname = ANY($1::text[]) AND relnamespace = 'public'::regnamespace",
+        "WHERE oid = ANY($1::regclass[])",
         tenants.tables,
     )
     assert len(rows) == len(tenants.tables)
@@ -137,15 +159,25 @@ async def test_every_tenant_table_enables_and_forces_row_level_security(
         assert r["relrowsecurity"] and r["relforcerowsecurity"], r["relname"]
 
 
-async def test_every_tenant_table_has_exactly_one_fail_closed_policy(
-    superuser: asyncpg.Connection, tenants: Tenants
+async def test_every_tenant_table_has_exactly_one_fail_closed_policy_for_everyone(
+    superuser: asyncpg.Connection, tenants: Tenants, database: Database
 ) -> None:
+    owner = await superuser.fetchval(
+        "SELECT relowner::regrole::text FROM pg_class WHERE oid = 'event_log'::regclass"
+    )
     for table in tenants.tables:
+        schema, _, name = table.rpartition(".")
         policies = await superuser.fetch(
-            "SELECT permissive, roles, cmd, qual, with_check FROM pg_policies "
-            "WHERE schemaname = 'public' AND tablename = $1",
-            table,
+            "SELECT policyname, permissive, roles, cmd, qual, with_check FROM pg_policies "
+            "WHERE schemaname = $1 AND tablename = $2",
+            schema or "public",
+            name,
         )
+        # Besides it, only the schema owner may have a read-only policy (platform scans).
+        platform = [p for p in policies if p["policyname"] == "platform_read"]
+        for p in platform:
+            assert (p["cmd"], p["roles"], p["with_check"]) == ("SELECT", [owner], None), table
+        policies = [p for p in policies if p["policyname"] != "platform_read"]
         assert len(policies) == 1, table
         [p] = policies
         assert (p["permissive"], p["cmd"], p["roles"]) == ("PERMISSIVE", "ALL", ["public"]), table
@@ -183,9 +215,12 @@ async def test_the_app_role_is_no_superuser_bypasses_nothing_and_owns_nothing(
         "SELECT roleid::regrole::text AS role FROM pg_auth_members WHERE member = $1", role["oid"]
     )
     assert memberships == [], "the app role could SET ROLE to another role"
-    assert not await superuser.fetchval(
-        "SELECT has_schema_privilege($1, 'public', 'CREATE')", APP_ROLE
+    schemas_with_create = await superuser.fetch(
+        "SELECT nspname FROM pg_namespace WHERE (nspname = 'public' OR nspname LIKE 'proj\\_%') "
+        "AND has_schema_privilege($1, oid, 'CREATE')",
+        APP_ROLE,
     )
+    assert schemas_with_create == []
 
 
 async def test_the_app_role_may_truncate_no_table(superuser: asyncpg.Connection) -> None:
@@ -212,11 +247,10 @@ async def test_every_unique_key_of_a_tenant_table_leads_with_tenant_id(
         "SELECT i.indexrelid::regclass::text AS index, c.relname, a.attname AS first "
         "FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
         "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-        "WHERE i.indisunique AND c.relname = ANY($1::text[]) "
-        "AND c.relnamespace = 'public'::regnamespace",
+        "WHERE i.indisunique AND c.oid = ANY($1::regclass[])",
         tenants.tables,
     )
-    assert {r["relname"] for r in rows} == set(tenants.tables), "every tenant table has a key"
+    assert len({r["relname"] for r in rows}) == len(tenants.tables), "every table has a key"
     for r in rows:
         assert r["first"] == "tenant_id", r["index"]
 
@@ -370,3 +404,26 @@ async def test_a_tenant_function_refuses_a_tenant_other_than_the_one_set(
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             async with app_conn.transaction():
                 await app_conn.execute(sql, tenants.b)
+
+
+async def test_the_platform_functions_return_positions_and_no_content(
+    pool: asyncpg.Pool, tenants: Tenants
+) -> None:
+    """The app role's only cross-tenant view: tenant ids, sizes and positions."""
+    async with pool.acquire() as conn:
+        backlog = await conn.fetch("SELECT * FROM relay_backlog('0 s', 10)")
+        parts = await conn.fetch("SELECT * FROM projection_partitions('members', false)")
+        not_a_projection = conn.fetch("SELECT * FROM projection_partitions('event_log', false)")
+        with pytest.raises(asyncpg.NoDataFoundError):
+            await not_a_projection
+    assert {r["tenant_id"] for r in parts} >= {tenants.a, tenants.b}
+    assert all(set(r.keys()) == {"tenant_id", "size", "published_seq"} for r in backlog)
+    assert set(parts[0].keys()) == {
+        "tenant_id",
+        "head",
+        "position",
+        "parked_seq",
+        "parked_error",
+        "parked_at",
+        "updated_at",
+    }

@@ -48,6 +48,9 @@ def test_settings_are_frozen() -> None:
         ("STRONGROOM_LOG_LEVEL", "LOUD", "one of DEBUG"),
         ("STRONGROOM_HOST", "bad host", "host name"),
         ("STRONGROOM_DB_POOL_SIZE", "0", "integer from 1 to 500"),
+        ("STRONGROOM_NATS_REPLICAS", "7", "integer from 1 to 5"),
+        ("STRONGROOM_NATS_MAX_AGE", "10", "integer from 60 to"),
+        ("STRONGROOM_NATS_DUPLICATE_WINDOW", "0", "integer from 1 to 86400"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_was_expected(

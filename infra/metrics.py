@@ -1,0 +1,63 @@
+"""Prometheus metrics of the event pipeline (publisher, relay, projections).
+
+Labels carry projection names and sources only: never tenant ids, event
+content or anything personal. Served by the API at ``GET /metrics`` and by
+``strongroom worker ... --metrics-port``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Gauge
+
+EVENTS_PUBLISHED: Final = Counter(
+    "strongroom_events_published",
+    "Events acknowledged by JetStream, by who published them (append or relay).",
+    ["source"],
+)
+PUBLISH_FAILURES: Final = Counter(
+    "strongroom_publish_failures",
+    "Publish batches that failed or timed out (the relay publishes them later).",
+    ["source"],
+)
+RELAY_BACKLOG: Final = Gauge(
+    "strongroom_relay_backlog_events",
+    "Committed events not yet published, seen by the relay's last scan.",
+)
+PROJECTED: Final = Counter(
+    "strongroom_projection_events",
+    "Events a projection moved past (applied or not handled).",
+    ["projection"],
+)
+CAUGHT_UP_FROM_STORE: Final = Counter(
+    "strongroom_projection_store_catchup_events",
+    "Events a projection read from the store without a message for them in the batch"
+    " (gaps, lost messages, sweeps).",
+    ["projection"],
+)
+DUPLICATES: Final = Counter(
+    "strongroom_projection_duplicate_messages",
+    "Messages for events the projection had already applied.",
+    ["projection"],
+)
+HANDLER_ERRORS: Final = Counter(
+    "strongroom_projection_handler_errors",
+    "Times a projector raised for an event (each retry counts).",
+    ["projection"],
+)
+PARKED: Final = Gauge(
+    "strongroom_projection_parked_partitions",
+    "Tenant partitions of a projection parked on a failing event.",
+    ["projection"],
+)
+LAG_EVENTS: Final = Gauge(
+    "strongroom_projection_lag_events",
+    "Events in the logs that a projection has not reached yet (last sweep).",
+    ["projection"],
+)
+LAG_SECONDS: Final = Gauge(
+    "strongroom_projection_lag_seconds",
+    "Age of the oldest event in a projection's last committed batch (0 when caught up).",
+    ["projection"],
+)

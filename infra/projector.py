@@ -1,0 +1,544 @@
+"""Runs projections: JetStream says "tenant T has reached seq N", Postgres has the events.
+
+The runner consumes a durable JetStream pull consumer per projection. A
+message is only a wake-up with a position: for each tenant in a fetched
+batch, in ONE transaction under that tenant's row-level security, the runner
+locks the projection's position row, reads the events after it from the
+event store (so a gap — a lost, late or reordered message — is filled from
+the store, and a duplicate, ``seq <= position``, reads nothing), applies the
+handled ones, moves the position and notifies waiters; then it acknowledges
+the messages. Nothing in a read model comes from the message itself, so a
+forged or corrupted message cannot put anything into one.
+
+At-least-once delivery, exactly-once effect: a crash before commit leaves the
+position where it was (the messages are redelivered, or the sweep finds the
+lag); a crash after commit but before the ack makes the redelivery a duplicate.
+
+A projector that raises for an event: the events before it are committed, the
+event is retried with exponential backoff in the background, and after
+``max_attempts`` the (projection, tenant) partition is parked: the position
+row records the seq and the error class, a ``projection_failure`` row is
+written, a metric and a log line (seq and type, never content) are emitted.
+Other tenants keep flowing. ``strongroom projections retry`` un-parks.
+
+The sweep (every ``sweep_interval``) asks Postgres which partitions are
+behind; one that made no progress since the previous sweep is caught up from
+the store. This covers a lost last message, NATS being down, new projections
+and un-parked partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+from uuid import UUID
+
+import asyncpg
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from infra import metrics
+from infra.broker import STREAM_NAME, SUBJECT_PREFIX, Broker
+from infra.db import tenant_transaction
+from infra.eventstore import ERASED, EventStore, RecordedEvent
+from projections.base import Event, Projection
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL: Final = "strongroom_projection"
+POSITION_DDL: Final = """
+    CREATE TABLE position (
+        tenant_id     uuid PRIMARY KEY,
+        last_seq      bigint NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
+        last_ts       timestamptz,
+        updated_at    timestamptz NOT NULL DEFAULT now(),
+        parked_seq    bigint,
+        parked_error  text,
+        parked_at     timestamptz
+    );
+"""
+
+
+class HandlerFailedError(Exception):
+    """A projector raised for one event; the transaction was rolled back."""
+
+    def __init__(self, seq: int, event_type: str, cause: Exception) -> None:
+        super().__init__(f"projector failed at seq {seq} ({event_type}): {describe(cause)}")
+        self.seq = seq
+        self.event_type = event_type
+        self.cause = cause
+
+
+def describe(error: BaseException) -> str:
+    """The error's class and where it was raised: no message, which may quote data."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+    return f"{type(error).__name__}{where}"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    before: int
+    after: int
+    parked: bool = False
+    first_ts: datetime | None = None
+
+
+def to_projection_event(tenant_id: UUID, recorded: RecordedEvent) -> Event:
+    return Event(
+        tenant_id=tenant_id,
+        seq=recorded.seq,
+        stream=recorded.stream,
+        version=recorded.version,
+        type=recorded.type,
+        ts=recorded.ts,
+        actor_kind=recorded.actor.kind,
+        actor_id=recorded.actor.id,
+        data=recorded.data,
+        personal={k: None if v is ERASED else str(v) for k, v in recorded.personal.items()},
+    )
+
+
+class Applier:
+    """Applies a tenant's next events to one copy (schema) of a projection."""
+
+    def __init__(
+        self, store: EventStore, projection: Projection, *, schema: str | None = None
+    ) -> None:
+        self.store = store
+        self.projection = projection
+        self.schema = schema or projection.schema
+        self.live = self.schema == projection.schema
+        self._search_path = f'"{self.schema}", public'
+
+    async def enter(self, conn: asyncpg.Connection) -> None:
+        """Point unqualified names at this copy for the rest of the transaction."""
+        await conn.execute("SELECT set_config('search_path', $1, true)", self._search_path)
+
+    async def apply_page(
+        self, conn: asyncpg.Connection, tenant_id: UUID, target: int, page: int
+    ) -> Page:
+        """In ``conn``'s tenant transaction: apply events after the position, up to
+        ``target`` and at most ``page`` of them; move the position. Raises
+        :class:`HandlerFailedError` (the caller must roll back)."""
+        await self.enter(conn)
+        row = await conn.fetchrow(
+            "SELECT last_seq, parked_seq FROM position WHERE tenant_id = $1 FOR UPDATE", tenant_id
+        )
+        if row is None:
+            await conn.execute(
+                "INSERT INTO position (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING", tenant_id
+            )
+            row = await conn.fetchrow(
+                "SELECT last_seq, parked_seq FROM position WHERE tenant_id = $1 FOR UPDATE",
+                tenant_id,
+            )
+        assert row is not None
+        last: int = row["last_seq"]
+        if row["parked_seq"] is not None:
+            return Page(last, last, parked=True)
+        if last >= target:
+            return Page(last, last)
+        rows = await conn.fetch(
+            "SELECT seq, event_type, leaf, leaf_hash, chain_hash FROM public.event_log "
+            "WHERE tenant_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+            tenant_id,
+            last,
+            min(target, last + page),
+        )
+        if not rows:
+            return Page(last, last)
+        handles = self.projection.handles
+        wanted = [r for r in rows if r["event_type"] in handles]
+        for recorded in await self.store.decode(conn, tenant_id, wanted):
+            try:
+                await self.projection.apply(conn, to_projection_event(tenant_id, recorded))
+            except Exception as e:
+                raise HandlerFailedError(recorded.seq, recorded.type, e) from e
+        new_last: int = rows[-1]["seq"]
+        first_ts = await conn.fetchval(
+            "UPDATE position SET last_seq = $2, updated_at = now(), last_ts = "
+            "(SELECT recorded_at FROM public.event_log WHERE tenant_id = $1 AND seq = $2) "
+            "WHERE tenant_id = $1 RETURNING (SELECT recorded_at FROM public.event_log "
+            "WHERE tenant_id = $1 AND seq = $3)",
+            tenant_id,
+            new_last,
+            rows[0]["seq"],
+        )
+        if self.live:
+            await conn.execute(
+                "SELECT pg_notify($1, $2)",
+                NOTIFY_CHANNEL,
+                f"{self.projection.name} {tenant_id} {new_last}",
+            )
+        return Page(last, new_last, first_ts=first_ts)
+
+    async def park(
+        self, conn: asyncpg.Connection, tenant_id: UUID, failure: HandlerFailedError, attempts: int
+    ) -> None:
+        """In ``conn``'s tenant transaction: stop this partition at the failing event."""
+        await self.enter(conn)
+        error = describe(failure.cause)
+        await conn.execute(
+            "UPDATE position SET parked_seq = $2, parked_error = $3, parked_at = now() "
+            "WHERE tenant_id = $1",
+            tenant_id,
+            failure.seq,
+            error,
+        )
+        await conn.execute(
+            "INSERT INTO public.projection_failure "
+            "(tenant_id, projection, seq, event_type, error, attempts) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            tenant_id,
+            self.projection.name,
+            failure.seq,
+            failure.event_type,
+            error,
+            attempts,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    tenant_id: UUID
+    head: int
+    position: int
+    parked_seq: int | None = None
+    parked_error: str | None = None
+    parked_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def lag(self) -> int:
+        return max(self.head - self.position, 0)
+
+
+async def partitions(
+    pool: asyncpg.Pool, projection: str, *, behind_only: bool = False
+) -> list[Partition]:
+    """Every tenant's head and this projection's position (positions only, no content)."""
+    rows = await pool.fetch("SELECT * FROM projection_partitions($1, $2)", projection, behind_only)
+    return [Partition(**dict(r)) for r in rows]
+
+
+async def unpark(pool: asyncpg.Pool, projection: Projection, tenant_id: UUID) -> bool:
+    """Clear a parked partition so the runner tries its failing event again."""
+    async with tenant_transaction(pool, tenant_id) as conn:
+        status = await conn.execute(
+            f'UPDATE "{projection.schema}".position SET parked_seq = NULL, parked_error = NULL, '
+            "parked_at = NULL WHERE tenant_id = $1 AND parked_seq IS NOT NULL",
+            tenant_id,
+        )
+    return bool(status == "UPDATE 1")
+
+
+@dataclass(slots=True)
+class _Retry:
+    seq: int
+    attempts: int
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Stats:
+    handled_messages: int = 0
+    batches: int = 0
+
+
+class ProjectionRunner:
+    """Keeps one projection's live read model up to date (see module doc)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: EventStore,
+        broker: Broker,
+        projection: Projection,
+        *,
+        fetch_batch: int = 512,
+        page: int = 1000,
+        max_attempts: int = 5,
+        backoff: float = 0.05,
+        sweep_interval: float = 1.0,
+        concurrency: int = 8,
+    ) -> None:
+        self._pool = pool
+        self._broker = broker
+        self._projection = projection
+        self._applier = Applier(store, projection)
+        self._fetch_batch = fetch_batch
+        self._page = page
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._sweep_interval = sweep_interval
+        self._slots = asyncio.Semaphore(concurrency)
+        self._locks: dict[UUID, asyncio.Lock] = {}
+        self._retries: dict[UUID, _Retry] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._last_sweep: dict[UUID, int] = {}
+        self.stats = _Stats()
+
+    @property
+    def durable(self) -> str:
+        return f"projection_{self._projection.name}"
+
+    async def run(self) -> None:
+        """Consume and sweep until cancelled."""
+        tasks = [
+            asyncio.create_task(self._consume_loop()),
+            asyncio.create_task(self._sweep_loop()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in [*tasks, *self._background]:
+                task.cancel()
+            for task in [*tasks, *self._background]:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    # ---- consuming --------------------------------------------------------------
+
+    async def _consume_loop(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                js = await self._broker.jetstream()
+                sub = await js.pull_subscribe(
+                    f"{SUBJECT_PREFIX}.>",
+                    durable=self.durable,
+                    stream=STREAM_NAME,
+                    config=ConsumerConfig(
+                        ack_policy=AckPolicy.EXPLICIT,
+                        deliver_policy=DeliverPolicy.NEW,
+                        ack_wait=30,
+                        max_ack_pending=20_000,
+                        description=f"Strongroom projection {self._projection.name}",
+                    ),
+                )
+                delay = 0.2
+                while True:
+                    try:
+                        messages = await sub.fetch(self._fetch_batch, timeout=1.0)
+                    except TimeoutError:
+                        continue
+                    await self.handle_messages(messages)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning(
+                    "projection %s: consumer failed (%s); reconnecting",
+                    self._projection.name,
+                    type(e).__name__,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def handle_messages(self, messages: Sequence[Msg]) -> None:
+        """Apply what a batch of messages announces, then acknowledge them."""
+        targets: dict[UUID, int] = {}
+        announced: dict[UUID, int] = {}
+        for msg in messages:
+            parsed = _parse(msg)
+            if parsed is None:
+                log.warning("projection %s: ignored a malformed message", self._projection.name)
+                continue
+            tenant_id, seq = parsed
+            targets[tenant_id] = max(targets.get(tenant_id, 0), seq)
+            announced[tenant_id] = announced.get(tenant_id, 0) + 1
+        outcomes = await asyncio.gather(
+            *(self._advance_announced(t, s, announced[t]) for t, s in targets.items())
+        )
+        ok = {t for t, done in zip(targets, outcomes, strict=True) if done}
+        for msg in messages:
+            parsed = _parse(msg)
+            try:
+                if parsed is None or parsed[0] in ok:
+                    await msg.ack()
+                else:
+                    await msg.nak(delay=1.0)
+            except Exception as e:
+                log.debug("ack failed (%s): the message comes again", type(e).__name__)
+        self.stats.handled_messages += len(messages)
+        self.stats.batches += 1
+
+    async def _advance_announced(self, tenant_id: UUID, target: int, messages: int) -> bool:
+        """Advance for messages; False on a transient failure (messages are redelivered)."""
+        if tenant_id in self._retries:
+            return True  # its retry catches up from the store when it succeeds
+        try:
+            before, after = await self.advance(tenant_id, target)
+        except HandlerFailedError as failure:
+            self._start_retry(tenant_id, failure)
+            return True
+        except Exception as e:
+            log.warning(
+                "projection %s: could not apply (%s); will retry",
+                self._projection.name,
+                type(e).__name__,
+            )
+            return False
+        fresh = after - before
+        if fresh < messages:
+            metrics.DUPLICATES.labels(self._projection.name).inc(messages - fresh)
+        elif fresh > messages:
+            metrics.CAUGHT_UP_FROM_STORE.labels(self._projection.name).inc(fresh - messages)
+        return True
+
+    # ---- applying ---------------------------------------------------------------
+
+    async def advance(self, tenant_id: UUID, target: int) -> tuple[int, int]:
+        """Apply the tenant's events up to ``target`` (in pages); returns (before, after).
+
+        Raises :class:`HandlerFailedError` after committing the events before the
+        failing one.
+        """
+        lock = self._locks.setdefault(tenant_id, asyncio.Lock())
+        async with self._slots, lock:
+            first: int | None = None
+            while True:
+                try:
+                    page = await self._apply_one_page(tenant_id, target)
+                except HandlerFailedError as failure:
+                    metrics.HANDLER_ERRORS.labels(self._projection.name).inc()
+                    # The events before the failing one are fine: commit them.
+                    await self._apply_one_page(tenant_id, failure.seq - 1)
+                    raise
+                first = page.before if first is None else first
+                if page.parked or page.after >= target or page.after == page.before:
+                    return first, page.after
+
+    async def _apply_one_page(self, tenant_id: UUID, target: int) -> Page:
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            page = await self._applier.apply_page(conn, tenant_id, target, self._page)
+        name = self._projection.name
+        if page.after > page.before:
+            metrics.PROJECTED.labels(name).inc(page.after - page.before)
+            if page.first_ts is not None:
+                metrics.LAG_SECONDS.labels(name).set(
+                    max((datetime.now(UTC) - page.first_ts).total_seconds(), 0.0)
+                )
+        return page
+
+    # ---- poison events ----------------------------------------------------------
+
+    def _start_retry(self, tenant_id: UUID, failure: HandlerFailedError) -> None:
+        log.warning(
+            "projection %s: seq %d (%s) failed: %s; retrying",
+            self._projection.name,
+            failure.seq,
+            failure.event_type,
+            describe(failure.cause),
+        )
+        retry = _Retry(failure.seq, 1)
+        self._retries[tenant_id] = retry
+        retry.task = self._spawn(self._retry(tenant_id, retry, failure))
+
+    async def _retry(self, tenant_id: UUID, retry: _Retry, failure: HandlerFailedError) -> None:
+        try:
+            while retry.attempts < self._max_attempts:
+                await asyncio.sleep(self._backoff * 2 ** (retry.attempts - 1))
+                retry.attempts += 1
+                try:
+                    await self.advance(tenant_id, retry.seq)
+                except HandlerFailedError as again:
+                    failure = again
+                    continue
+                await self.advance(tenant_id, await self._head(tenant_id))
+                log.info("projection %s: seq %d applied on retry", self._projection.name, retry.seq)
+                return
+            async with tenant_transaction(self._pool, tenant_id) as conn:
+                await self._applier.park(conn, tenant_id, failure, retry.attempts)
+            log.error(
+                "projection %s: partition parked at seq %d (%s) after %d attempts: %s",
+                self._projection.name,
+                failure.seq,
+                failure.event_type,
+                retry.attempts,
+                describe(failure.cause),
+            )
+        except Exception as e:
+            log.warning(
+                "projection %s: retry interrupted (%s); the sweep resumes it",
+                self._projection.name,
+                type(e).__name__,
+            )
+        finally:
+            self._retries.pop(tenant_id, None)
+
+    async def _head(self, tenant_id: UUID) -> int:
+        async with tenant_transaction(self._pool, tenant_id, readonly=True) as conn:
+            size = await conn.fetchval(
+                "SELECT size FROM tenant_log WHERE tenant_id = $1", tenant_id
+            )
+        return int(size or 0)
+
+    # ---- sweeping ---------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning(
+                    "projection %s: sweep failed (%s)", self._projection.name, type(e).__name__
+                )
+
+    async def sweep(self, *, patient: bool = True) -> int:
+        """Catch up partitions that are behind and made no progress since the last
+        sweep (all that are behind when ``patient`` is False). Returns how many."""
+        name = self._projection.name
+        behind = await partitions(self._pool, name, behind_only=True)
+        metrics.PARKED.labels(name).set(sum(1 for p in behind if p.parked_seq is not None))
+        metrics.LAG_EVENTS.labels(name).set(sum(p.lag for p in behind))
+        if not any(p.lag for p in behind if p.parked_seq is None):
+            metrics.LAG_SECONDS.labels(name).set(0)
+        stalled = [
+            p
+            for p in behind
+            if p.parked_seq is None
+            and p.lag > 0
+            and p.tenant_id not in self._retries
+            and (not patient or self._last_sweep.get(p.tenant_id) == p.position)
+        ]
+        self._last_sweep = {p.tenant_id: p.position for p in behind}
+        await asyncio.gather(*(self._catch_up(p) for p in stalled))
+        return len(stalled)
+
+    async def _catch_up(self, partition: Partition) -> None:
+        try:
+            before, after = await self.advance(partition.tenant_id, partition.head)
+        except HandlerFailedError as failure:
+            self._start_retry(partition.tenant_id, failure)
+            return
+        metrics.CAUGHT_UP_FROM_STORE.labels(self._projection.name).inc(after - before)
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+
+def _parse(msg: Msg) -> tuple[UUID, int] | None:
+    """(tenant, seq) from a message's subject and header, or None if malformed."""
+    parts = msg.subject.split(".")
+    try:
+        if len(parts) != 4 or ".".join(parts[:2]) != SUBJECT_PREFIX:
+            return None
+        seq = int((msg.headers or {}).get("Strongroom-Seq", ""))
+        return (UUID(parts[2]), seq) if seq >= 1 else None
+    except ValueError:
+        return None

@@ -1,0 +1,368 @@
+"""Read-model schemas: created from each projection's DDL, rebuilt from the store.
+
+Each projection lives in schema ``proj_<name>``: its tables plus ``position``.
+Every table gets row-level security (ENABLE + FORCE, the tenant policy) and
+must have ``tenant_id`` leading every unique key; the app role gets
+SELECT/INSERT/UPDATE/DELETE and no DDL. This needs the owner role.
+
+Rebuild (``strongroom replay rebuild``): a fresh copy is built in
+``proj_<name>__rebuild`` from the event store (never from NATS) by the same
+``Applier`` the runner uses, while the live copy keeps serving and being
+updated. Then, in one owner transaction, the live tables are locked, the copy
+catches up the last events, and it is swapped in: the schemas are renamed
+(all tenants) or the tenant's rows are replaced (one tenant). Waiters are
+notified of the new positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import asyncpg
+
+from infra.db import APP_ROLE, SERVER_SETTINGS, set_tenant, tenant_transaction
+from infra.eventstore import EventStore
+from infra.projector import NOTIFY_CHANNEL, POSITION_DDL, Applier, HandlerFailedError
+from projections.base import Projection
+
+PAGE = 1000
+_POLICY = "tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid"
+_LOCK_BASE = 0x5245_4255_494C_0000  # "REBUIL"
+
+
+class ProjectionDefinitionError(RuntimeError):
+    """A projection's DDL breaks the rules of a read model."""
+
+
+class RebuildError(RuntimeError):
+    """A rebuild cannot run (another one holds the lock, unknown tenant...)."""
+
+
+def ddl_sha256(projection: Projection) -> str:
+    text = " ".join((POSITION_DDL + projection.tables).split())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def _tables(conn: asyncpg.Connection, schema: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') ORDER BY c.relname",
+        schema,
+    )
+    return [r["relname"] for r in rows]
+
+
+async def create_copy(conn: asyncpg.Connection, projection: Projection, schema: str) -> None:
+    """Create ``schema`` with the projection's tables, secured (inside a transaction)."""
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    path = await conn.fetchval("SELECT current_setting('search_path')")
+    await conn.execute("SELECT set_config('search_path', $1, true)", f'"{schema}"')
+    try:
+        await conn.execute(POSITION_DDL)
+        await conn.execute(projection.tables)
+    except asyncpg.PostgresError as e:
+        raise ProjectionDefinitionError(f"{projection.name}: {e}") from e
+    finally:
+        await conn.execute("SELECT set_config('search_path', $1, true)", path)
+    for table in await _tables(conn, schema):
+        qualified = f'"{schema}"."{table}"'
+        firsts = await conn.fetch(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE i.indrelid = $1::regclass AND i.indisunique",
+            qualified,
+        )
+        if not firsts or any(r["attname"] != "tenant_id" for r in firsts):
+            raise ProjectionDefinitionError(
+                f"{projection.name}.{table}: needs a primary key, and tenant_id must lead "
+                "every unique key"
+            )
+        await conn.execute(f"ALTER TABLE {qualified} ENABLE ROW LEVEL SECURITY")
+        await conn.execute(f"ALTER TABLE {qualified} FORCE ROW LEVEL SECURITY")
+        await conn.execute(
+            f"CREATE POLICY tenant_isolation ON {qualified} USING ({_POLICY}) "
+            f"WITH CHECK ({_POLICY})"
+        )
+    await conn.execute(
+        f'CREATE POLICY platform_read ON "{schema}".position FOR SELECT TO CURRENT_USER '
+        "USING (true)"
+    )
+    await conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {APP_ROLE}')
+    await conn.execute(
+        f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO {APP_ROLE}'
+    )
+
+
+async def _register(conn: asyncpg.Connection, projection: Projection) -> None:
+    await conn.execute(
+        "INSERT INTO projection_registry (name, schema_name, ddl_sha256) VALUES ($1, $2, $3) "
+        "ON CONFLICT (name) DO UPDATE SET ddl_sha256 = EXCLUDED.ddl_sha256, built_at = now()",
+        projection.name,
+        projection.schema,
+        ddl_sha256(projection),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureReport:
+    created: list[str] = field(default_factory=list)
+    outdated: list[str] = field(default_factory=list)
+    """Projections whose DDL changed since they were built: rebuild them."""
+
+
+async def ensure_projections(owner_url: str, projections: Sequence[Projection]) -> EnsureReport:
+    """Create the schema of every projection that has none (as the owner role)."""
+    report = EnsureReport()
+    conn = await asyncpg.connect(owner_url, server_settings=SERVER_SETTINGS)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_BASE)
+        for projection in projections:
+            built = await conn.fetchval(
+                "SELECT ddl_sha256 FROM projection_registry r WHERE r.name = $1 AND EXISTS "
+                "(SELECT 1 FROM pg_namespace WHERE nspname = r.schema_name)",
+                projection.name,
+            )
+            if built is None:
+                async with conn.transaction():
+                    await conn.execute(f'DROP SCHEMA IF EXISTS "{projection.schema}" CASCADE')
+                    await create_copy(conn, projection, projection.schema)
+                    await _register(conn, projection)
+                report.created.append(projection.name)
+            elif built != ddl_sha256(projection):
+                report.outdated.append(projection.name)
+    finally:
+        await conn.close()
+    return report
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildReport:
+    projection: str
+    tenants: int
+    events: int
+    seconds: float
+    parked: list[UUID]
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+Progress = Callable[[int, int], None]
+
+
+async def rebuild(
+    owner_url: str,
+    pool: asyncpg.Pool,
+    store: EventStore,
+    projection: Projection,
+    *,
+    tenant_id: UUID | None = None,
+    progress: Progress | None = None,
+    concurrency: int = 4,
+) -> RebuildReport:
+    """Rebuild ``projection`` (for every tenant, or one) from the store and swap it in."""
+    started = time.perf_counter()
+    shadow = f"{projection.schema}__rebuild"
+    applier = Applier(store, projection, schema=shadow)
+    owner = await asyncpg.connect(owner_url, server_settings=SERVER_SETTINGS)
+    lock = _LOCK_BASE + 1 + int(hashlib.sha256(projection.name.encode()).hexdigest()[:8], 16)
+    try:
+        if not await owner.fetchval("SELECT pg_try_advisory_lock($1)", lock):
+            raise RebuildError(f"another rebuild of {projection.name} is running")
+        registered = await owner.fetchval(
+            "SELECT ddl_sha256 FROM projection_registry WHERE name = $1", projection.name
+        )
+        if registered is None:
+            raise RebuildError(f"{projection.name} has no read model yet: run strongroom migrate")
+        if tenant_id is not None and registered != ddl_sha256(projection):
+            raise RebuildError(
+                f"the tables of {projection.name} changed: rebuild it for all tenants"
+            )
+        async with owner.transaction():
+            await owner.execute(f'DROP SCHEMA IF EXISTS "{shadow}" CASCADE')
+            await create_copy(owner, projection, shadow)
+        heads = await _heads(owner, tenant_id)
+        if tenant_id is not None and tenant_id not in heads:
+            raise RebuildError(f"tenant {tenant_id} has no log")
+        total = sum(heads.values())
+        built = _Built(total, progress)
+        parked: set[UUID] = set()
+        slots = asyncio.Semaphore(concurrency)
+        for _ in range(3):  # appends continue meanwhile: close most of the gap outside the lock
+            await asyncio.gather(
+                *(
+                    _build_tenant(pool, applier, t, size, built, parked, slots)
+                    for t, size in heads.items()
+                    if t not in parked
+                )
+            )
+            fresh = await _heads(owner, tenant_id)
+            if sum(fresh.values()) - sum(heads.values()) < PAGE:
+                heads = fresh
+                break
+            built.total += sum(fresh.values()) - sum(heads.values())
+            heads = fresh
+        async with owner.transaction():
+            if tenant_id is None:
+                await _swap_all(owner, applier, projection, shadow, built, parked)
+            else:
+                await _swap_tenant(owner, applier, projection, shadow, tenant_id, built, parked)
+            if tenant_id is None:
+                await _register(owner, projection)
+        return RebuildReport(
+            projection.name,
+            len(heads),
+            built.done,
+            time.perf_counter() - started,
+            sorted(parked),
+        )
+    finally:
+        try:
+            await owner.execute(f'DROP SCHEMA IF EXISTS "{shadow}" CASCADE')
+            await owner.execute("SELECT pg_advisory_unlock($1)", lock)
+        finally:
+            await owner.close()
+
+
+@dataclass(slots=True)
+class _Built:
+    total: int
+    progress: Progress | None
+    done: int = 0
+
+    def add(self, events: int) -> None:
+        self.done += events
+        if self.progress is not None:
+            self.progress(self.done, max(self.total, self.done))
+
+
+async def _heads(owner: asyncpg.Connection, tenant_id: UUID | None) -> dict[UUID, int]:
+    rows = await owner.fetch(
+        "SELECT tenant_id, size FROM public.tenant_log "
+        "WHERE $1::uuid IS NULL OR tenant_id = $1 ORDER BY tenant_id",
+        tenant_id,
+    )
+    return {r["tenant_id"]: r["size"] for r in rows}
+
+
+async def _build_tenant(
+    pool: asyncpg.Pool,
+    applier: Applier,
+    tenant_id: UUID,
+    size: int,
+    built: _Built,
+    parked: set[UUID],
+    slots: asyncio.Semaphore,
+) -> None:
+    async with slots:
+        while True:
+            try:
+                async with tenant_transaction(pool, tenant_id) as conn:
+                    page = await applier.apply_page(conn, tenant_id, size, PAGE)
+            except HandlerFailedError as failure:
+                async with tenant_transaction(pool, tenant_id) as conn:
+                    if failure.seq > 1:
+                        page = await applier.apply_page(conn, tenant_id, failure.seq - 1, PAGE)
+                        built.add(page.after - page.before)
+                    await applier.park(conn, tenant_id, failure, 1)
+                parked.add(tenant_id)
+                return
+            built.add(page.after - page.before)
+            if page.after >= size or page.after == page.before or page.parked:
+                return
+
+
+async def _catch_up_locked(
+    owner: asyncpg.Connection,
+    applier: Applier,
+    tenant_id: UUID,
+    size: int,
+    built: _Built,
+    parked: set[UUID],
+) -> None:
+    """Inside the swap transaction: bring the copy of one tenant to ``size``."""
+    await set_tenant(owner, tenant_id)
+    while True:
+        try:
+            async with owner.transaction():  # a savepoint: a failing projector rolls back alone
+                page = await applier.apply_page(owner, tenant_id, size, PAGE)
+        except HandlerFailedError as failure:
+            async with owner.transaction():
+                await applier.park(owner, tenant_id, failure, 1)
+            parked.add(tenant_id)
+            return
+        built.add(page.after - page.before)
+        if page.after >= size or page.after == page.before or page.parked:
+            return
+
+
+async def _swap_all(
+    owner: asyncpg.Connection,
+    applier: Applier,
+    projection: Projection,
+    shadow: str,
+    built: _Built,
+    parked: set[UUID],
+) -> None:
+    live = projection.schema
+    for table in await _tables(owner, live):
+        await owner.execute(f'LOCK TABLE "{live}"."{table}" IN ACCESS EXCLUSIVE MODE')
+    behind = await owner.fetch(
+        f'SELECT t.tenant_id, t.size FROM public.tenant_log t LEFT JOIN "{shadow}".position p '
+        "ON p.tenant_id = t.tenant_id "
+        "WHERE t.size > COALESCE(p.last_seq, 0) AND p.parked_seq IS NULL"
+    )
+    for r in behind:
+        await _catch_up_locked(owner, applier, r["tenant_id"], r["size"], built, parked)
+    await owner.execute(f'ALTER SCHEMA "{live}" RENAME TO "{live}__old"')
+    await owner.execute(f'ALTER SCHEMA "{shadow}" RENAME TO "{live}"')
+    await owner.execute(f'DROP SCHEMA "{live}__old" CASCADE')
+    await owner.execute(
+        f"SELECT pg_notify($1, $2 || ' ' || tenant_id || ' ' || last_seq) FROM \"{live}\".position",
+        NOTIFY_CHANNEL,
+        projection.name,
+    )
+
+
+async def _swap_tenant(
+    owner: asyncpg.Connection,
+    applier: Applier,
+    projection: Projection,
+    shadow: str,
+    tenant_id: UUID,
+    built: _Built,
+    parked: set[UUID],
+) -> None:
+    live = projection.schema
+    await set_tenant(owner, tenant_id)
+    await owner.execute(
+        f'INSERT INTO "{live}".position (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING', tenant_id
+    )
+    await owner.execute(
+        f'SELECT 1 FROM "{live}".position WHERE tenant_id = $1 FOR UPDATE', tenant_id
+    )
+    size = await owner.fetchval(
+        "SELECT size FROM public.tenant_log WHERE tenant_id = $1", tenant_id
+    )
+    if tenant_id not in parked:
+        await _catch_up_locked(owner, applier, tenant_id, size, built, parked)
+    for table in await _tables(owner, live):
+        await owner.execute(f'DELETE FROM "{live}"."{table}" WHERE tenant_id = $1', tenant_id)
+        await owner.execute(
+            f'INSERT INTO "{live}"."{table}" SELECT * FROM "{shadow}"."{table}" '
+            "WHERE tenant_id = $1",
+            tenant_id,
+        )
+    await owner.execute(
+        f"SELECT pg_notify($1, $2 || ' ' || tenant_id || ' ' || last_seq) FROM \"{live}\".position "
+        "WHERE tenant_id = $3",
+        NOTIFY_CHANNEL,
+        projection.name,
+        tenant_id,
+    )

@@ -1,0 +1,79 @@
+"""What a projection is: its tables, the event types it handles, and a projector.
+
+A projection owns a schema of its own (``proj_<name>``). Its ``tables`` DDL
+uses unqualified names; the framework (infra/readmodels.py) creates them in the
+schema with a ``position`` table beside them, turns on row-level security for
+every one of them (each must have a ``tenant_id`` column leading its primary
+key), and grants the app role what it needs. The runner (infra/projector.py)
+calls ``apply`` for every event of a handled type, in order, inside the tenant's
+transaction, with ``search_path`` set to the schema; the same transaction moves
+the position. Events of other types only move the position.
+
+A projector must be deterministic and must not fail on any event the log can
+hold: a raise parks the tenant's partition until an operator looks at it.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+from uuid import UUID
+
+import asyncpg
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of a tenant's log, as a projector sees it."""
+
+    tenant_id: UUID
+    seq: int
+    stream: str
+    version: int
+    type: str
+    ts: datetime
+    actor_kind: str
+    actor_id: str
+    data: Mapping[str, Any]
+    personal: Mapping[str, str | None]
+    """Personal fields, decrypted; None once the data subject was erased."""
+
+    @property
+    def entity_id(self) -> str:
+        """The id part of the stream name ``<category>-<id>``."""
+        return self.stream.split("-", 1)[1]
+
+
+class Projection(ABC):
+    """A read model built from the log. Subclasses set the class attributes below."""
+
+    name: ClassVar[str]
+    tables: ClassVar[str]
+    """DDL of the read model's tables (CREATE TABLE / CREATE INDEX), unqualified."""
+    handles: ClassVar[frozenset[str]]
+    """Event types passed to ``apply``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__ and not _NAME.fullmatch(cls.name):
+            raise ValueError(f"projection name {cls.name!r} must match {_NAME.pattern}")
+
+    @property
+    def schema(self) -> str:
+        return schema_for(self.name)
+
+    @abstractmethod
+    async def apply(self, conn: asyncpg.Connection, event: Event) -> None:
+        """Update the read model for one event (the position is moved by the caller)."""
+
+
+def schema_for(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"projection name {name!r} must match {_NAME.pattern}")
+    return f"proj_{name}"

@@ -1,0 +1,87 @@
+"""What every ``strongroom`` command shares: consoles, error handling, settings."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from domain.errors import StrongroomError
+from infra.db import DatabaseUnavailableError
+from infra.embedded import EmbeddedServerError, PortInUseError
+from infra.migrate import MigrationError
+from infra.readmodels import ProjectionDefinitionError, RebuildError
+from infra.settings import Settings, SettingsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    StrongroomError,
+    SettingsError,
+    PortInUseError,
+    EmbeddedServerError,
+    DatabaseUnavailableError,
+    MigrationError,
+    ProjectionDefinitionError,
+    RebuildError,
+    OSError,
+)
+
+out = Console()
+err = Console(stderr=True)
+
+
+class CommandFailed(click.ClickException):
+    """An expected failure: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        err.print(f"[red]error:[/red] {self.message}", highlight=False)
+
+
+class InternalFailure(CommandFailed):
+    """A bug or an unforeseen condition: exit code 3, details only with --debug.
+
+    The exception's text is not shown: driver errors can quote row values.
+    """
+
+    exit_code = 3
+
+
+def friendly_errors(command: F) -> F:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EXPECTED_ERRORS as e:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise CommandFailed(str(e) or type(e).__name__) from None
+        except (click.ClickException, click.exceptions.Exit, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise InternalFailure(
+                f"unexpected {type(e).__name__}; run with --debug for details"
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    settings = Settings.from_env(**overrides)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return settings
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
