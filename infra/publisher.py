@@ -190,8 +190,10 @@ class Publisher:
         """Move the cursors over acknowledged ranges that continue them."""
         for tenant_id in list(self._acked):
             acked = self._acked[tenant_id]
+            # Take the ranges now: acknowledgements keep arriving during the awaits below.
+            taken, acked.ranges = acked.ranges, []
             merged: list[tuple[int, int]] = []
-            for first, last in sorted(acked.ranges):
+            for first, last in sorted(taken):
                 if merged and first <= merged[-1][1] + 1:
                     merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
                 else:
@@ -201,10 +203,10 @@ class Publisher:
                 if not await advance_cursor(self._pool, tenant_id, first, last):
                     left.append((first, last))
             acked.age = acked.age + 1 if left else 0
-            if not left or acked.age > 60:  # a gap nobody filled for 30 s: the relay's job
+            if left and acked.age <= 60:  # a gap nobody filled for 30 s is the relay's job
+                acked.ranges.extend(left)
+            if not acked.ranges:
                 del self._acked[tenant_id]
-            else:
-                acked.ranges = left
 
 
 class Relay:

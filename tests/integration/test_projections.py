@@ -1,0 +1,801 @@
+"""The projection pipeline on a real PostgreSQL and a real NATS JetStream: publishing,
+the relay, consuming, gaps filled from the store, crashes, NATS restarts, poison
+events, rebuilds under load, waiting for a position, and tenant isolation.
+
+Test projections record every (tenant, seq) they apply in a table keyed on it, with a
+counter, so an event applied twice shows as ``times = 2``. Each test projection has its
+own schema and its own durable consumer; every test uses fresh tenants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+
+from domain.errors import UnavailableError
+from domain.member import Member
+from infra.broker import Broker, message_id, subject_for
+from infra.db import tenant_transaction
+from infra.embedded import EmbeddedNats
+from infra.eventstore import Committed, EventStore, RecordedEvent
+from infra.positions import PositionTimeoutError, PositionWaiter
+from infra.projector import ProjectionRunner, partitions, unpark
+from infra.publisher import Relay, advance_cursor, publish_events
+from infra.readmodels import ensure_projections, rebuild
+from infra.repository import EventRegistry, Repository
+from projections.base import Event, Projection
+from projections.members import MembersProjection
+from tests.conftest import Database
+from tests.integration.pipeline import (
+    DEADLINE,
+    PROBE,
+    AppliedProjection,
+    MemberWorkload,
+    Pipeline,
+    Position,
+    append_probe,
+    append_probes,
+    applied,
+    exactly_once,
+    fetch_exactly,
+    head,
+    members_and_log,
+    position,
+    read_all,
+    stream_messages,
+    tenant_subscription,
+    wait_position,
+    wait_until,
+)
+
+# ---- test projections -------------------------------------------------------------------
+
+
+class SimulatedCrash(BaseException):
+    """The process dies: nothing after this line of the handler runs, nothing commits."""
+
+
+class NatsApplied(AppliedProjection):
+    name = "t_nats"
+    handles = AppliedProjection.handles | MembersProjection.handles
+
+
+class GapApplied(AppliedProjection):
+    name = "t_gap"
+
+
+class WaitApplied(AppliedProjection):
+    name = "t_wait"
+
+
+class CrashApplied(AppliedProjection):
+    name = "t_crash"
+
+    def __init__(self, crash_at: tuple[UUID, int] | None = None) -> None:
+        self.crash_at = crash_at
+
+    async def after_write(self, event: Event) -> None:
+        if (event.tenant_id, event.seq) == self.crash_at:
+            raise SimulatedCrash
+
+
+class PoisonApplied(AppliedProjection):
+    name = "t_poison"
+
+    def __init__(self, poison: tuple[UUID, int] | None) -> None:
+        self.poison = poison
+        self.poison_calls = 0
+
+    async def after_write(self, event: Event) -> None:
+        if (event.tenant_id, event.seq) == self.poison:
+            self.poison_calls += 1
+            raise ValueError(f"cannot project {dict(event.personal)} {dict(event.data)}")
+
+
+@dataclass
+class Gate:
+    """Holds the handler at one (tenant, seq) until released."""
+
+    tenant: UUID
+    seq: int
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def passing(self, event: Event) -> None:
+        if (event.tenant_id, event.seq) == (self.tenant, self.seq):
+            self.reached.set()
+            await asyncio.wait_for(self.release.wait(), DEADLINE)
+
+
+class TallyProjection(Projection):
+    """Per probe stream: how many events, the sum of their amounts, the latest e-mail."""
+
+    name = "t_tally"
+    handles = frozenset({PROBE})
+    tables = """
+        CREATE TABLE tally (
+            tenant_id  uuid NOT NULL,
+            stream     text NOT NULL,
+            events     integer NOT NULL,
+            total      bigint NOT NULL,
+            email      text,
+            version    integer NOT NULL,
+            PRIMARY KEY (tenant_id, stream)
+        );
+    """
+
+    def __init__(self) -> None:
+        self.gate: Gate | None = None
+
+    async def apply(self, conn: asyncpg.Connection, event: Event) -> None:
+        if self.gate is not None:
+            await self.gate.passing(event)
+        await conn.execute(
+            "INSERT INTO tally (tenant_id, stream, events, total, email, version) "
+            "VALUES ($1, $2, 1, $3, $4, $5) ON CONFLICT (tenant_id, stream) DO UPDATE SET "
+            "events = tally.events + 1, total = tally.total + EXCLUDED.total, "
+            "email = COALESCE(EXCLUDED.email, tally.email), version = EXCLUDED.version",
+            event.tenant_id,
+            event.stream,
+            event.data.get("amount", 0),
+            event.personal.get("email"),
+            event.version,
+        )
+
+
+def fold_tally(events: list[RecordedEvent]) -> dict[str, tuple[Any, ...]]:
+    folded: dict[str, tuple[Any, ...]] = {}
+    for e in events:
+        if e.type != PROBE:
+            continue
+        count, total, email, _ = folded.get(e.stream, (0, 0, None, 0))
+        value = e.personal.get("email")
+        folded[e.stream] = (
+            count + 1,
+            total + e.data.get("amount", 0),
+            value if isinstance(value, str) else email,
+            e.version,
+        )
+    return folded
+
+
+async def tally_model(pool: asyncpg.Pool, tenant: UUID) -> dict[str, tuple[Any, ...]]:
+    async with tenant_transaction(pool, tenant, readonly=True) as conn:
+        rows = await conn.fetch(
+            "SELECT stream, events, total, email, version FROM proj_t_tally.tally "
+            "WHERE tenant_id = $1",
+            tenant,
+        )
+    return {r["stream"]: (r["events"], r["total"], r["email"], r["version"]) for r in rows}
+
+
+async def append_tally(store: EventStore, tenant: UUID, rng: random.Random) -> int:
+    stream = f"probe-{tenant.hex[:12]}x{rng.randrange(3)}"
+    return await append_probe(store, tenant, stream=stream, amount=rng.randrange(1, 100))
+
+
+TEST_PROJECTIONS: tuple[Projection, ...] = (
+    NatsApplied(),
+    GapApplied(),
+    WaitApplied(),
+    CrashApplied(),
+    PoisonApplied(None),
+    TallyProjection(),
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def read_models(database: Database) -> None:
+    await ensure_projections(database.owner_url, TEST_PROJECTIONS)
+
+
+async def relay_cursor(pool: asyncpg.Pool, tenant: UUID) -> int:
+    async with tenant_transaction(pool, tenant, readonly=True) as conn:
+        seq = await conn.fetchval(
+            "SELECT published_seq FROM relay_cursor WHERE tenant_id = $1", tenant
+        )
+    return int(seq or 0)
+
+
+# ---- 1. end to end ----------------------------------------------------------------------
+
+
+async def test_saved_members_are_published_and_projected_to_a_fold_of_the_log(
+    pool: asyncpg.Pool, keyring: Any, nats_url: str
+) -> None:
+    members = MembersProjection()
+    tenants = [uuid4(), uuid4()]
+    async with Pipeline(pool, keyring, nats_url) as p:
+        await p.start_runner(members, sweep_interval=3600)  # no sweep: messages only
+        workloads = [
+            MemberWorkload(p.repo, p.store, t, random.Random(i)) for i, t in enumerate(tenants)
+        ]
+        for _ in range(25):
+            for w in workloads:
+                await w.step()
+        for w in workloads:  # end on events the members projection does not handle
+            w.last_seq = await append_probes(p.store, w.tenant, 2)
+        assert PROBE not in members.handles
+
+        for w in workloads:
+            assert await wait_position(pool, members, w.tenant, w.last_seq) == Position(
+                w.last_seq, None, None
+            )
+            model, folded = await members_and_log(pool, p.store, p.repo, w.tenant, w.last_seq)
+            assert len(folded) == len(w.members) >= 3
+            assert model == folded
+
+            log = await read_all(p.store, w.tenant)
+            assert [e.seq for e in log] == list(range(1, w.last_seq + 1))
+            published = [
+                (
+                    m.subject,
+                    m.headers["Nats-Msg-Id"],
+                    m.headers["Strongroom-Seq"],
+                    m.headers["Strongroom-Type"],
+                    m.data,
+                )
+                for m in await stream_messages(p.js, w.tenant)
+                if m.headers
+            ]
+            assert published == [
+                (subject_for(w.tenant, e.stream), f"{w.tenant}:{e.seq}", str(e.seq), e.type, e.leaf)
+                for e in log
+            ]
+            assert message_id(w.tenant, 1) == f"{w.tenant}:1"
+
+            async def cursor_at_head(w: MemberWorkload = w) -> bool:
+                return await relay_cursor(pool, w.tenant) == w.last_seq
+
+            await wait_until(cursor_at_head, what="the publisher to move the relay cursor")
+
+
+# ---- 2. NATS killed mid-stream ----------------------------------------------------------
+
+
+async def test_a_nats_crash_mid_stream_is_healed_by_the_relay_with_nothing_lost_or_doubled(
+    pool: asyncpg.Pool, keyring: Any, tmp_path: Any
+) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    url = await asyncio.to_thread(server.start)
+    port = server.port
+    tenant = uuid4()
+    projections: list[Projection] = [MembersProjection(), NatsApplied()]
+    try:
+        async with Pipeline(pool, keyring, url) as p:
+            for projection in projections:
+                await p.start_runner(projection, sweep_interval=3600)  # no sweep
+            workload = MemberWorkload(p.repo, p.store, tenant, random.Random(7))
+            stop = asyncio.Event()
+
+            async def keep_appending() -> None:
+                while not stop.is_set():
+                    await workload.step()
+                    await asyncio.sleep(0.01)
+
+            async def appended(count: int) -> None:
+                start = workload.last_seq
+
+                async def check() -> bool:
+                    assert not appender.done(), appender
+                    return workload.last_seq >= start + count
+
+                await wait_until(check, what=f"{count} more appends")
+
+            async def disconnected() -> bool:
+                return not p.broker.connected
+
+            async def connected() -> bool:
+                return p.broker.connected
+
+            appender = asyncio.create_task(keep_appending())
+            try:
+                await wait_position(pool, projections[1], tenant, 5)  # flowing through NATS
+                await asyncio.to_thread(server.kill)
+                await wait_until(disconnected, what="the client to notice")
+                await appended(10)  # appends go on while NATS is down
+            finally:
+                stop.set()
+                await appender
+            last = workload.last_seq
+
+            await asyncio.to_thread(server.start)
+            assert server.port == port
+            await wait_until(connected, what="the client to reconnect")
+            # What was appended during the outage never reached JetStream.
+            assert await relay_cursor(pool, tenant) < last
+            for projection in projections:
+                assert (await position(pool, projection, tenant)).last_seq < last
+
+            relay = Relay(pool, p.broker)
+
+            async def relayed() -> bool:
+                try:
+                    await relay.relay_once(p.js, idle=timedelta(0))
+                except Exception:  # JetStream may still be recovering its store
+                    return False
+                return await relay_cursor(pool, tenant) >= last
+
+            await wait_until(relayed, what="the relay to publish the backlog")
+
+            for projection in projections:
+                assert await wait_position(pool, projection, tenant, last) == Position(
+                    last, None, None
+                )
+            assert await applied(pool, projections[1], tenant) == exactly_once(last)
+            model, folded = await members_and_log(pool, p.store, p.repo, tenant, last)
+            assert model == folded and len(model) >= 3
+            messages = await stream_messages(p.js, tenant)
+            seqs = {int(m.headers["Strongroom-Seq"]) for m in messages if m.headers}
+            assert seqs == set(range(1, last + 1))
+            assert all(
+                m.headers and m.headers["Nats-Msg-Id"] == f"{tenant}:{m.headers['Strongroom-Seq']}"
+                for m in messages
+            )
+
+            # After the restart, new appends flow again through the publisher.
+            last = await workload.steps(3)
+            for projection in projections:
+                await wait_position(pool, projection, tenant, last)
+            assert await applied(pool, projections[1], tenant) == exactly_once(last)
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+# ---- 3. gaps, reordering, lost messages -------------------------------------------------
+
+
+def committed(events: list[RecordedEvent]) -> dict[int, Committed]:
+    return {e.seq: Committed(e.seq, e.stream, e.type, e.leaf, e.chain_hash) for e in events}
+
+
+async def test_a_dropped_and_a_reordered_message_are_made_good_from_the_store(
+    pool: asyncpg.Pool, store: EventStore, nats_url: str
+) -> None:
+    tenant = uuid4()
+    projection = GapApplied()
+    last = await append_probes(store, tenant, 6)  # the session store publishes nothing
+    events = committed(await read_all(store, tenant))
+    order = [1, 2, 4, 3, 6]  # 5 is lost, 3 and 4 arrive swapped
+    broker = Broker(nats_url)
+    broker.start()
+    try:
+        js = await asyncio.wait_for(broker.jetstream(), DEADLINE)
+        runner = ProjectionRunner(pool, store, broker, projection, sweep_interval=3600)
+        async with tenant_subscription(js, tenant) as sub:
+            await asyncio.gather(*await publish_events(js, tenant, [events[s] for s in order]))
+            messages = await fetch_exactly(sub, len(order))
+            assert [int(m.headers["Strongroom-Seq"]) for m in messages if m.headers] == order
+
+            reached = []
+            for message in messages:
+                await runner.handle_messages([message])
+                reached.append((await position(pool, projection, tenant)).last_seq)
+            assert reached == [1, 2, 4, 4, last]
+            assert await applied(pool, projection, tenant) == exactly_once(last)
+
+            await runner.handle_messages(messages)  # all of them again, as on redelivery
+            assert await applied(pool, projection, tenant) == exactly_once(last)
+            assert (await position(pool, projection, tenant)).last_seq == last
+            assert (await sub.consumer_info()).num_ack_pending == 0
+    finally:
+        await broker.close()
+
+
+async def test_lost_last_messages_are_caught_up_by_the_sweep_once_the_partition_stalls(
+    pool: asyncpg.Pool, store: EventStore, nats_url: str
+) -> None:
+    tenant = uuid4()
+    projection = GapApplied()
+    last = await append_probes(store, tenant, 6)
+    events = committed(await read_all(store, tenant))
+    broker = Broker(nats_url)
+    broker.start()
+    try:
+        js = await asyncio.wait_for(broker.jetstream(), DEADLINE)
+        runner = ProjectionRunner(pool, store, broker, projection, sweep_interval=3600)
+        async with tenant_subscription(js, tenant) as sub:
+            await asyncio.gather(*await publish_events(js, tenant, [events[s] for s in (1, 2, 3)]))
+            await runner.handle_messages(await fetch_exactly(sub, 3))
+        assert (await position(pool, projection, tenant)).last_seq == 3
+
+        assert await runner.sweep() == 0  # the first sweep only notes where partitions are
+        assert (await position(pool, projection, tenant)).last_seq == 3
+        assert await runner.sweep() >= 1  # no progress since: caught up from the store
+        assert await position(pool, projection, tenant) == Position(last, None, None)
+        assert await applied(pool, projection, tenant) == exactly_once(last)
+    finally:
+        await broker.close()
+
+
+# ---- 4. a crash between the handler and the commit -------------------------------------
+
+
+async def test_a_crash_between_handler_and_commit_applies_nothing_twice(
+    pool: asyncpg.Pool, keyring: Any, nats_url: str
+) -> None:
+    tenant = uuid4()
+    async with Pipeline(pool, keyring, nats_url) as p:
+        _, doomed = await p.start_runner(CrashApplied(crash_at=(tenant, 5)), sweep_interval=3600)
+        await append_probes(p.store, tenant, 4)
+        await wait_position(pool, CrashApplied(), tenant, 4)
+        await append_probes(p.store, tenant, 4)
+
+        await asyncio.wait({doomed}, timeout=DEADLINE)
+        assert doomed.done() and isinstance(doomed.exception(), SimulatedCrash)
+        # Seq 5's row was written, then the process died: the transaction is gone.
+        assert await position(pool, CrashApplied(), tenant) == Position(4, None, None)
+        assert await applied(pool, CrashApplied(), tenant) == exactly_once(4)
+
+        _, fresh = await p.start_runner(CrashApplied(), sweep_interval=0.2)
+        await wait_position(pool, CrashApplied(), tenant, 8)  # the sweep finds the lag
+        last = await append_probes(p.store, tenant, 2)  # and messages flow again
+        assert await wait_position(pool, CrashApplied(), tenant, last) == Position(last, None, None)
+        assert await applied(pool, CrashApplied(), tenant) == exactly_once(last)
+        assert not fresh.done()
+
+
+# ---- 5. poison --------------------------------------------------------------------------
+
+
+async def test_a_poison_event_parks_only_its_tenant_until_it_is_unparked(
+    pool: asyncpg.Pool, keyring: Any, nats_url: str
+) -> None:
+    sick, healthy = uuid4(), uuid4()
+    projection = PoisonApplied(poison=(sick, 4))
+    async with Pipeline(pool, keyring, nats_url) as p:
+        runner, _ = await p.start_runner(
+            projection, max_attempts=3, backoff=0.01, sweep_interval=3600
+        )
+        for _ in range(6):
+            await append_probe(p.store, sick)
+            await append_probe(p.store, healthy)
+
+        async def parked() -> bool:
+            return (await position(pool, projection, sick)).parked_seq is not None
+
+        await wait_until(parked, what="the sick partition to park")
+        await wait_position(pool, projection, healthy, 6)
+
+        poison = (await read_all(p.store, sick))[3]
+        assert poison.seq == 4
+        secrets = [poison.personal["email"], poison.data["marker"], "cannot project"]
+        at = await position(pool, projection, sick)
+        assert (at.last_seq, at.parked_seq) == (3, 4)  # the events before it are applied
+        assert at.parked_error is not None and at.parked_error.startswith("ValueError")
+        assert not any(str(s) in at.parked_error for s in secrets)
+        assert await applied(pool, projection, sick) == exactly_once(3)
+        assert projection.poison_calls == 3
+        async with tenant_transaction(pool, sick, readonly=True) as conn:
+            failures = await conn.fetch(
+                "SELECT projection, seq, event_type, error, attempts FROM projection_failure "
+                "WHERE tenant_id = $1",
+                sick,
+            )
+        assert [dict(f) for f in failures] == [
+            {
+                "projection": projection.name,
+                "seq": 4,
+                "event_type": PROBE,
+                "error": at.parked_error,
+                "attempts": 3,
+            }
+        ]
+
+        # The healthy tenant keeps flowing; the parked one stays where it is.
+        sick_last = await append_probes(p.store, sick, 3)
+        healthy_last = await append_probes(p.store, healthy, 3)
+        await wait_position(pool, projection, healthy, healthy_last)
+        assert await applied(pool, projection, healthy) == exactly_once(healthy_last)
+        assert await position(pool, projection, sick) == at
+        [stuck] = [
+            x
+            for x in await partitions(pool, projection.name, behind_only=True)
+            if x.tenant_id == sick
+        ]
+        assert (stuck.position, stuck.head, stuck.parked_seq, stuck.lag) == (
+            3,
+            sick_last,
+            4,
+            sick_last - 3,
+        )
+
+        projection.poison = None  # the fix is deployed
+        assert await unpark(pool, projection, sick)
+        assert not await unpark(pool, projection, sick)  # nothing parked any more
+        await runner.sweep(patient=False)
+        assert await wait_position(pool, projection, sick, sick_last) == Position(
+            sick_last, None, None
+        )
+        assert await applied(pool, projection, sick) == exactly_once(sick_last)
+        assert projection.poison_calls == 3
+
+
+# ---- 6. rebuild while appends continue --------------------------------------------------
+
+
+async def rebuild_under_appends(
+    database: Database,
+    pool: asyncpg.Pool,
+    store: EventStore,
+    tally: TallyProjection,
+    gate: Gate,
+    writers: list[UUID],
+    rng: random.Random,
+    *,
+    tenant_id: UUID | None = None,
+) -> Any:
+    """Rebuild while a task appends to ``writers``; the copy is held at ``gate`` until
+    appends landed after the rebuild began, then the writer stops."""
+    tally.gate = gate
+    stop = asyncio.Event()
+    rounds = 0
+
+    async def keep_appending() -> None:
+        nonlocal rounds
+        while not stop.is_set():
+            for tenant in writers:
+                await append_tally(store, tenant, rng)
+            rounds += 1
+            await asyncio.sleep(0.005)
+
+    writer = asyncio.create_task(keep_appending())
+    rebuilding = asyncio.create_task(
+        rebuild(database.owner_url, pool, store, tally, tenant_id=tenant_id)
+    )
+    try:
+        reached = asyncio.create_task(gate.reached.wait())
+        await asyncio.wait(
+            {reached, rebuilding}, timeout=DEADLINE, return_when=asyncio.FIRST_COMPLETED
+        )
+        reached.cancel()
+        assert gate.reached.is_set(), rebuilding.exception() if rebuilding.done() else "stuck"
+        mark = rounds
+
+        async def more_appends() -> bool:
+            assert not writer.done(), writer
+            return rounds >= mark + 5
+
+        await wait_until(more_appends, what="appends during the rebuild")
+    finally:
+        stop.set()
+        gate.release.set()
+        await writer
+    report = await asyncio.wait_for(rebuilding, 60)
+    tally.gate = None
+    return report
+
+
+async def project_live(
+    pool: asyncpg.Pool, store: EventStore, tally: TallyProjection, tenants: list[UUID]
+) -> ProjectionRunner:
+    live = ProjectionRunner(pool, store, Broker("nats://127.0.0.1:1"), tally)  # never started
+    for tenant in tenants:
+        await live.advance(tenant, await head(pool, tenant))
+    return live
+
+
+async def corrupt(pool: asyncpg.Pool, tenant: UUID) -> None:
+    async with tenant_transaction(pool, tenant) as conn:
+        await conn.execute(
+            "UPDATE proj_t_tally.tally SET total = total + 1000 WHERE tenant_id = $1", tenant
+        )
+        await conn.execute(
+            "DELETE FROM proj_t_tally.tally WHERE tenant_id = $1 AND stream = "
+            "(SELECT min(stream) FROM proj_t_tally.tally WHERE tenant_id = $1)",
+            tenant,
+        )
+
+
+async def tally_schemas(pool: asyncpg.Pool) -> set[str]:
+    rows = await pool.fetch(
+        "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'proj\\_t\\_tally%'"
+    )
+    return {r["nspname"] for r in rows}
+
+
+async def test_a_rebuild_of_all_tenants_under_concurrent_appends_swaps_in_exactly_the_log(
+    pool: asyncpg.Pool, store: EventStore, database: Database
+) -> None:
+    tally = TallyProjection()
+    rng = random.Random(11)
+    tenants = [uuid4(), uuid4()]
+    for tenant in tenants:
+        for _ in range(12):
+            await append_tally(store, tenant, rng)
+    live = await project_live(pool, store, tally, tenants)
+    for tenant in tenants:
+        await corrupt(pool, tenant)
+        assert await tally_model(pool, tenant) != fold_tally(await read_all(store, tenant))
+
+    report = await rebuild_under_appends(
+        database, pool, store, tally, Gate(tenants[0], 3), tenants, rng
+    )
+
+    heads = {t: await head(pool, t) for t in tenants}
+    assert not set(tenants) & set(report.parked)
+    assert report.tenants >= 2 and report.events >= sum(heads.values())
+    found = {x.tenant_id: x for x in await partitions(pool, tally.name)}
+    for tenant in tenants:
+        assert heads[tenant] > 12
+        assert (found[tenant].position, found[tenant].parked_seq) == (heads[tenant], None)
+        assert found[tenant].head == heads[tenant]
+        assert await tally_model(pool, tenant) == fold_tally(await read_all(store, tenant))
+    assert await tally_schemas(pool) == {"proj_t_tally"}
+
+    # The swapped-in copy is the live one: the runner keeps it up to date.
+    last = await append_tally(store, tenants[0], rng)
+    assert await live.advance(tenants[0], last) == (heads[tenants[0]], last)
+    assert await tally_model(pool, tenants[0]) == fold_tally(await read_all(store, tenants[0]))
+
+
+async def test_a_rebuild_of_one_tenant_under_concurrent_appends_replaces_only_its_rows(
+    pool: asyncpg.Pool, store: EventStore, database: Database
+) -> None:
+    tally = TallyProjection()
+    rng = random.Random(13)
+    target, bystander = uuid4(), uuid4()
+    for tenant in (target, bystander):
+        for _ in range(10):
+            await append_tally(store, tenant, rng)
+    await project_live(pool, store, tally, [target, bystander])
+    for tenant in (target, bystander):
+        await corrupt(pool, tenant)
+    assert await tally_model(pool, target) != fold_tally(await read_all(store, target))
+    bystander_rows = await tally_model(pool, bystander)
+    bystander_at = await position(pool, tally, bystander)
+
+    report = await rebuild_under_appends(
+        database, pool, store, tally, Gate(target, 2), [target, bystander], rng, tenant_id=target
+    )
+
+    last = await head(pool, target)
+    assert last > 10
+    assert (report.projection, report.tenants, report.events, report.parked) == (
+        tally.name,
+        1,
+        last,
+        [],
+    )
+    assert await position(pool, tally, target) == Position(last, None, None)
+    assert await tally_model(pool, target) == fold_tally(await read_all(store, target))
+    assert await tally_model(pool, bystander) == bystander_rows  # untouched, still corrupt
+    assert await position(pool, tally, bystander) == bystander_at
+    assert await head(pool, bystander) > bystander_at.last_seq
+    assert await tally_schemas(pool) == {"proj_t_tally"}
+
+
+# ---- 7. waiting for a position ----------------------------------------------------------
+
+
+async def test_waiting_for_a_position_returns_once_reached_and_times_out_cleanly(
+    pool: asyncpg.Pool, keyring: Any, nats_url: str, database: Database
+) -> None:
+    tenant = uuid4()
+    projection = WaitApplied()
+    waiter = PositionWaiter(pool, database.app_url)
+    waiter.start()
+    try:
+        async with Pipeline(pool, keyring, nats_url) as p:
+            await p.start_runner(projection, sweep_interval=3600)
+            waiting = asyncio.create_task(waiter.wait_for(projection.name, tenant, 3, within=10))
+            await asyncio.sleep(0)  # waiting before the events even exist
+            last = await append_probes(p.store, tenant, 3)
+            reached = await waiting
+            assert reached >= last
+            # Read-your-writes: what the waiter promised is in the read model.
+            assert await applied(pool, projection, tenant) == exactly_once(last)
+            assert await waiter.position(projection.name, tenant) == last
+            assert await waiter.wait_for(projection.name, tenant, 1, within=10) == last
+
+            with pytest.raises(PositionTimeoutError) as unreachable:
+                await waiter.wait_for(projection.name, tenant, last + 5, within=0.3)
+            assert (unreachable.value.seq, unreachable.value.reached) == (last + 5, last)
+            assert isinstance(unreachable.value, UnavailableError)
+
+            with pytest.raises(PositionTimeoutError) as unrun:  # no runner projects t_gap
+                await waiter.wait_for(GapApplied.name, tenant, 1, within=0.3)
+            assert (unrun.value.projection, unrun.value.reached) == (GapApplied.name, 0)
+
+            # The waiter still serves after its timeouts.
+            waiting = asyncio.create_task(
+                waiter.wait_for(projection.name, tenant, last + 1, within=10)
+            )
+            last = await append_probe(p.store, tenant)
+            assert await waiting >= last
+    finally:
+        await waiter.close()
+
+
+# ---- 8. tenant isolation of the new tables ---------------------------------------------
+
+ISOLATED_TABLES = (
+    "proj_members.members_view",
+    "proj_members.position",
+    "relay_cursor",
+    "projection_failure",
+)
+
+
+async def attempt(conn: asyncpg.Connection, sql: str, tenant: UUID) -> str:
+    """Run ``sql`` in a savepoint that is rolled back; its status, or "denied"."""
+    savepoint = conn.transaction()
+    await savepoint.start()
+    try:
+        return str(await conn.execute(sql, tenant))
+    except asyncpg.InsufficientPrivilegeError:
+        return "denied"
+    finally:
+        await savepoint.rollback()
+
+
+async def rows_of(pool: asyncpg.Pool, table: str, tenant: UUID) -> list[dict[str, Any]]:
+    async with tenant_transaction(pool, tenant, readonly=True) as conn:
+        rows = await conn.fetch(f"SELECT * FROM {table} WHERE tenant_id = $1", tenant)
+    return sorted((dict(r) for r in rows), key=repr)
+
+
+async def test_read_models_and_pipeline_tables_show_and_change_no_other_tenants_rows(
+    pool: asyncpg.Pool, store: EventStore
+) -> None:
+    a, b = uuid4(), uuid4()
+    repo = Repository(store, EventRegistry([Member]))
+    runner = ProjectionRunner(pool, store, Broker("nats://127.0.0.1:1"), MembersProjection())
+    for tenant in (a, b):
+        last = await MemberWorkload(repo, store, tenant, random.Random(), with_probes=False).steps(
+            4
+        )
+        await runner.advance(tenant, last)
+        assert await advance_cursor(pool, tenant, 1, last)
+        async with tenant_transaction(pool, tenant) as conn:
+            await conn.execute(
+                "INSERT INTO projection_failure (tenant_id, projection, seq, event_type, error, "
+                "attempts) VALUES ($1, 'members', 1, 'member.invited', 'ValueError', 1)",
+                tenant,
+            )
+    before = {table: await rows_of(pool, table, b) for table in ISOLATED_TABLES}
+    assert all(before.values())
+
+    async with tenant_transaction(pool, a) as conn:
+        for table in ISOLATED_TABLES:
+            seen = await conn.fetch(f"SELECT tenant_id FROM {table}")
+            assert seen and {r["tenant_id"] for r in seen} == {a}, table
+            for verb, sql in (
+                ("UPDATE", f"UPDATE {table} SET tenant_id = tenant_id WHERE tenant_id = $1"),
+                ("DELETE", f"DELETE FROM {table} WHERE tenant_id = $1"),
+            ):
+                theirs = await attempt(conn, sql, b)
+                assert theirs in {f"{verb} 0", "denied"}, (table, theirs)
+                if theirs != "denied":  # the statement itself works on the tenant's own rows
+                    assert await attempt(conn, sql, a) not in {f"{verb} 0", "denied"}, table
+        for sql in (
+            "INSERT INTO proj_members.position (tenant_id) VALUES ($1)",
+            "INSERT INTO relay_cursor (tenant_id, published_seq) VALUES ($1, 0)",
+        ):
+            assert await attempt(conn, sql, b) == "denied", sql
+
+    for table in ISOLATED_TABLES:
+        assert await rows_of(pool, table, b) == before[table], table
+        assert await pool.fetchval(f"SELECT count(*) FROM {table}") == 0, table  # no tenant
+
+
+async def test_every_read_model_table_forces_row_level_security(pool: asyncpg.Pool) -> None:
+    rows = await pool.fetch(
+        "SELECT n.nspname || '.' || c.relname AS name, c.relrowsecurity, "
+        "c.relforcerowsecurity, EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid "
+        "AND p.polname = 'tenant_isolation') AS isolated "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname LIKE 'proj\\_%' AND c.relkind IN ('r', 'p')"
+    )
+    names = {r["name"] for r in rows}
+    assert {"proj_members.members_view", "proj_members.position", "proj_t_tally.tally"} <= names
+    assert {f"{p.schema}.applied" for p in TEST_PROJECTIONS if p.name != "t_tally"} <= names
+    assert [r["name"] for r in rows if not (r["relrowsecurity"] and r["relforcerowsecurity"])] == []
+    assert [r["name"] for r in rows if not r["isolated"]] == []
