@@ -1,7 +1,7 @@
 """Row-level security, seen from the application's own database role.
 
-Every table with a ``tenant_id`` column, in ``public`` and in every read-model schema
-(``proj_*``), is found in the catalogue, so a new table is covered (and must be
+Every table with a ``tenant_id`` column, in ``public`` and in the schema of every
+read model of ``projections.ALL``, is found in the catalogue, so a new table is covered (and must be
 isolated) the day it is added.
 """
 
@@ -51,8 +51,9 @@ async def tenant_tables(conn: asyncpg.Connection) -> list[str]:
         "ELSE n.nspname || '.' || c.relname END AS name FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "JOIN pg_attribute a ON a.attrelid = c.oid "
-        "WHERE (n.nspname = 'public' OR n.nspname LIKE 'proj\\_%') AND c.relkind IN ('r', 'p') "
-        "AND a.attname = 'tenant_id' AND NOT a.attisdropped ORDER BY 1"
+        "WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p') "
+        "AND a.attname = 'tenant_id' AND NOT a.attisdropped ORDER BY 1",
+        ["public", *(p.schema for p in ALL_PROJECTIONS)],
     )
     return [r["name"] for r in rows]
 
@@ -244,7 +245,8 @@ async def test_every_unique_key_of_a_tenant_table_leads_with_tenant_id(
     superuser: asyncpg.Connection, tenants: Tenants
 ) -> None:
     rows = await superuser.fetch(
-        "SELECT i.indexrelid::regclass::text AS index, c.relname, a.attname AS first "
+        "SELECT i.indexrelid::regclass::text AS index, c.oid::regclass::text AS relname, "
+        "a.attname AS first "
         "FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
         "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
         "WHERE i.indisunique AND c.oid = ANY($1::regclass[])",
