@@ -1,19 +1,21 @@
 """``make bench``: run the benchmark suites, print one table, write JSON to ``bench-results/``.
 
 Usage: ``python -m tests.bench [--quick]``. ``--quick`` measures about one second per row
-(a smoke run; its numbers are not meant to be compared with the targets). Exits 1 only
-when a row had errors or the log heads disagree with what the writers appended.
+(a smoke run; its numbers are not meant to be compared with the targets). The append suite
+(rows 1-5) and the projection suite (rows 6-8, with NATS) each get a fresh embedded
+database. Exits 1 only when a row had errors or its checks found lost or extra events.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from importlib.metadata import version
 
-from tests.bench import bench_append
+from tests.bench import bench_append, bench_projections
 from tests.bench._report import print_table, write_json
-from tests.bench._stack import bench_database, machine_info
+from tests.bench._stack import bench_database, bench_nats, machine_info
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -24,6 +26,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def settings(quick: bool) -> dict[str, object]:
     window = bench_append.QUICK if quick else bench_append.FULL
+    scale = bench_projections.QUICK_SCALE if quick else bench_projections.FULL_SCALE
     return {
         "quick": quick,
         "warmup_s": window.warmup,
@@ -31,6 +34,14 @@ def settings(quick: bool) -> dict[str, object]:
         "tenants": bench_append.TENANTS,
         "batch_events": bench_append.BATCH_EVENTS,
         "pool_max_size": bench_append.POOL_MAX,
+        "projections_offered_commands_per_s": bench_projections.OFFERED_RATE,
+        "projections_tenants": bench_projections.TENANTS,
+        "projections": {
+            "members_per_tenant": scale.members_per_tenant,
+            "max_in_flight": bench_projections.MAX_IN_FLIGHT,
+            "log": dataclasses.asdict(scale.log),
+        },
+        "nats_py": version("nats-py"),
         "asyncpg": version("asyncpg"),
         "eventsourcing": version("eventsourcing"),
         "psycopg": version("psycopg"),
@@ -42,6 +53,8 @@ def main(argv: list[str]) -> int:
     with bench_database() as db:
         machine = machine_info(db)
         rows = bench_append.run_suite(db, quick=args.quick)
+    with bench_database() as db, bench_nats() as nats_url:
+        rows += bench_projections.run_suite(db, nats_url, quick=args.quick)
     print_table(machine, rows, quick=args.quick)
     path = write_json(machine, settings(args.quick), rows)
     print(f"results: {path}")

@@ -1,9 +1,10 @@
-"""Closed-loop load generation: N writers, each repeating one operation until a deadline.
+"""Load generation: closed loop (N writers, each repeating one operation until a deadline)
+and open loop (operations started on a fixed schedule, however long earlier ones take).
 
-Every writer runs its operation back to back. An operation started before the end of
-the warm-up is not counted; the rate is the counted events divided by the time from the
-end of the warm-up to the end of the last counted operation. Latencies (seconds, from
-``time.perf_counter``) are kept in a compact ``array('d')``.
+Closed loop: every writer runs its operation back to back. An operation started before
+the end of the warm-up is not counted; the rate is the counted events divided by the time
+from the end of the warm-up to the end of the last counted operation. Latencies (seconds,
+from ``time.perf_counter``) are kept in a compact ``array('d')``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from dataclasses import dataclass, field
 AsyncOp = Callable[[int], Awaitable[int]]
 """One command by writer ``i``; returns the number of events it wrote."""
 SyncOp = Callable[[int], int]
+PacedOp = Callable[[int], Awaitable[float]]
+"""Operation number ``n`` of an open loop; returns the ``time.perf_counter()`` its latency
+is measured from (the latency ends when it returns)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,8 @@ class Tally:
     errors: int = 0
     first_error: str | None = None
     last_end: float = 0.0
+    shed: int = 0
+    """Operations an open loop did not start because too many were in flight."""
 
     def record(self, started: float, ended: float, events: int, counted_from: float) -> None:
         self.total_events += events
@@ -58,6 +64,7 @@ class Tally:
         self.errors += other.errors
         self.first_error = self.first_error or other.first_error
         self.last_end = max(self.last_end, other.last_end)
+        self.shed += other.shed
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,7 @@ class Measurement:
     first_error: str | None
     total_events: int
     """Events written including the warm-up (for checks against the log head)."""
+    shed: int = 0
 
     @property
     def rate(self) -> float:
@@ -94,6 +102,7 @@ def summarize(tally: Tally, counted_from: float) -> Measurement:
         errors=tally.errors,
         first_error=tally.first_error,
         total_events=tally.total_events,
+        shed=tally.shed,
     )
 
 
@@ -141,3 +150,42 @@ def run_threads(op: SyncOp, writers: int, window: Window) -> Measurement:
     for tally in tallies:
         merged.merge(tally)
     return summarize(merged, counted_from)
+
+
+async def run_paced(op: PacedOp, rate: float, window: Window, *, max_in_flight: int) -> Measurement:
+    """Open loop: start operation ``n`` at ``t0 + n / rate`` whether or not earlier ones
+    have finished (a late tick starts every operation that is due), until the deadline;
+    then wait for all of them. An operation due while ``max_in_flight`` are running is
+    not started (``shed``): an overloaded system shows as a lower rate, not as a run
+    that never ends. An operation counts when its latency starts after the warm-up; the
+    rate is the counted operations over the time from the end of the warm-up to the end
+    of the last counted one."""
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    counted_from = start + window.warmup
+    deadline = counted_from + window.measure
+    tally = Tally()
+    running: set[asyncio.Task[None]] = set()
+
+    async def one(n: int) -> None:
+        try:
+            since = await op(n)
+        except Exception as e:
+            tally.fail(e)
+            return
+        tally.record(since, time.perf_counter(), 1, counted_from)
+
+    n = 0
+    while (now := time.perf_counter()) < deadline:
+        due = int((now - start) / interval) + 1
+        while n < due:
+            if len(running) < max_in_flight:
+                task = asyncio.create_task(one(n))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            else:
+                tally.shed += 1
+            n += 1
+        await asyncio.sleep(max(start + n * interval - time.perf_counter(), 0.0))
+    await asyncio.gather(*running)
+    return summarize(tally, counted_from)

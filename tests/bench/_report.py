@@ -22,6 +22,8 @@ def _target_text(row: RowResult) -> str:
         parts.append(f">= {spec.min_rate:,.0f}/s")
     if spec.min_ratio is not None:
         parts.append(f">= {spec.min_ratio:g}x row {spec.peer}")
+    if spec.max_p99_ms is not None:
+        parts.append(f"p99 < {spec.max_p99_ms:g} ms")
     return ", ".join(parts) or "-"
 
 
@@ -29,6 +31,11 @@ def _ratio_text(row: RowResult) -> str:
     if row.ratio is None:
         return row.spec.role or "-"
     return f"{row.ratio:.2f}x row {row.spec.peer}"
+
+
+def _ms_text(row: RowResult, value: float) -> str:
+    """A latency, or "-" for a row timed as one piece of work."""
+    return f"{value:.2f}" if row.measurement.commands else "-"
 
 
 def _verdict_text(row: RowResult) -> str:
@@ -41,7 +48,7 @@ def _verdict_text(row: RowResult) -> str:
 
 def build_table(machine: dict[str, Any], rows: list[RowResult], *, quick: bool) -> Table:
     title = (
-        f"Strongroom append benchmark{' (--quick)' if quick else ''} - {machine['date']}\n"
+        f"Strongroom benchmark{' (--quick)' if quick else ''} - {machine['date']}\n"
         f"nproc {machine['nproc']}, {machine['cpu']}, PostgreSQL {machine['postgres']}, "
         f"Python {machine['python']}"
     )
@@ -60,13 +67,14 @@ def build_table(machine: dict[str, Any], rows: list[RowResult], *, quick: bool) 
             row.spec.key,
             row.spec.name,
             f"{m.rate:,.0f}",
-            f"{m.p50_ms:.2f}",
-            f"{m.p99_ms:.2f}",
+            _ms_text(row, m.p50_ms),
+            _ms_text(row, m.p99_ms),
             _ratio_text(row),
             _target_text(row),
             _verdict_text(row),
         )
     notes = [f"* row {r.spec.key}: {p}" for r in rows for p in r.problems]
+    notes += [f"  row {r.spec.key}: {n}" for r in rows for n in r.notes]
     if notes:
         table.caption = "\n".join(notes)
         table.caption_justify = "left"
@@ -82,13 +90,14 @@ def print_table(machine: dict[str, Any], rows: list[RowResult], *, quick: bool) 
 
 def _row_json(row: RowResult) -> dict[str, Any]:
     m = row.measurement
+    timed = m.commands > 0
     return {
         "key": row.spec.key,
         "name": row.spec.name,
         "writers": row.spec.writers,
         "events_per_s": round(m.rate, 1),
-        "p50_ms": round(m.p50_ms, 3),
-        "p99_ms": round(m.p99_ms, 3),
+        "p50_ms": round(m.p50_ms, 3) if timed else None,
+        "p99_ms": round(m.p99_ms, 3) if timed else None,
         "commands": m.commands,
         "events": m.events,
         "seconds": round(m.seconds, 3),
@@ -97,23 +106,26 @@ def _row_json(row: RowResult) -> dict[str, Any]:
         "ratio_to": row.spec.peer,
         "target_events_per_s": row.spec.min_rate,
         "target_ratio": row.spec.min_ratio,
+        "target_p99_ms": row.spec.max_p99_ms,
         "passed": row.passed,
         "problems": row.problems,
+        "notes": row.notes,
+        "shed": m.shed,
     }
 
 
 def write_json(machine: dict[str, Any], settings: dict[str, Any], rows: list[RowResult]) -> Path:
-    """Write ``append-<UTC timestamp>.json`` and ``latest.json``; return the first."""
+    """Write ``bench-<UTC timestamp>.json`` and ``latest.json``; return the first."""
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     document = {
-        "suite": "append",
+        "suites": ["append", "projections"],
         "machine": machine,
         "settings": settings,
         "rows": [_row_json(r) for r in rows],
     }
     data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
-    path = RESULTS_DIR / f"append-{stamp}.json"
+    path = RESULTS_DIR / f"bench-{stamp}.json"
     path.write_bytes(data)
     (RESULTS_DIR / "latest.json").write_bytes(data)
     return path

@@ -1,9 +1,10 @@
-"""The PostgreSQL a benchmark run talks to, and a description of the machine it runs on.
+"""The servers a benchmark run talks to, and a description of the machine it runs on.
 
 By default a fresh embedded PostgreSQL (fsync on) in a temporary directory, bootstrapped
-and migrated exactly like ``strongroom up``; with ``STRONGROOM_DATABASE_URL`` (app role)
-and ``STRONGROOM_OWNER_DATABASE_URL`` set, those servers are used instead. Whatever the
-run starts, it stops, and the temporary directory is removed.
+and migrated exactly like ``strongroom up`` (read-model schemas included); with
+``STRONGROOM_DATABASE_URL`` (app role) and ``STRONGROOM_OWNER_DATABASE_URL`` set, those
+servers are used instead. Likewise an embedded NATS JetStream unless ``STRONGROOM_NATS_URL``
+is set. Whatever the run starts, it stops, and the temporary directories are removed.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from pathlib import Path
 import asyncpg
 
 from infra.bootstrap import prepare_embedded_database
-from infra.embedded import EmbeddedPostgres
+from infra.embedded import EmbeddedNats, EmbeddedPostgres
 from infra.migrate import migrate
+from infra.readmodels import ensure_projections
+from projections import ALL as ALL_PROJECTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,7 @@ def bench_database() -> Iterator[BenchDatabase]:
     app_url = os.environ.get("STRONGROOM_DATABASE_URL")
     owner_url = os.environ.get("STRONGROOM_OWNER_DATABASE_URL")
     if app_url and owner_url:
-        asyncio.run(migrate(owner_url))
+        asyncio.run(_migrate(owner_url))
         yield BenchDatabase(owner_url=owner_url, app_url=app_url, embedded=False)
         return
     temp_dir = Path(tempfile.mkdtemp(prefix="strongroom-bench-"))
@@ -47,8 +50,31 @@ def bench_database() -> Iterator[BenchDatabase]:
     try:
         superuser_url = server.start()
         urls = asyncio.run(prepare_embedded_database(superuser_url, temp_dir / "postgres"))
-        asyncio.run(migrate(urls.owner))
+        asyncio.run(_migrate(urls.owner))
         yield BenchDatabase(owner_url=urls.owner, app_url=urls.app, embedded=True)
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+async def _migrate(owner_url: str) -> None:
+    await migrate(owner_url)
+    await ensure_projections(owner_url, ALL_PROJECTIONS)
+
+
+@contextmanager
+def bench_nats() -> Iterator[str]:
+    """Yield a NATS URL (JetStream on); stop and delete an embedded server afterwards."""
+    url = os.environ.get("STRONGROOM_NATS_URL")
+    if url:
+        yield url
+        return
+    temp_dir = Path(tempfile.mkdtemp(prefix="strongroom-bench-nats-"))
+    server = EmbeddedNats(temp_dir / "nats")
+    try:
+        yield server.start()
     finally:
         try:
             server.stop()
