@@ -30,7 +30,6 @@ and un-parked partitions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import traceback
 from collections.abc import Sequence
@@ -300,11 +299,17 @@ class ProjectionRunner:
             for task in done:
                 task.result()
         finally:
-            for task in [*tasks, *self._background]:
-                task.cancel()
-            for task in [*tasks, *self._background]:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            children = [*tasks, *self._background]
+            pending = set(children)
+            while pending:
+                # Cancel again until they end: on Python 3.11 nats-py's fetch (through
+                # asyncio.wait_for) can swallow a cancellation, and the loop goes on.
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=0.2)
+            for task in children:
+                if not task.cancelled():
+                    task.exception()  # retrieved: run() reports only its own outcome
 
     # ---- consuming --------------------------------------------------------------
 
