@@ -145,7 +145,8 @@ class Applier:
         if last >= target:
             return Page(last, last)
         rows = await conn.fetch(
-            "SELECT seq, event_type, leaf, leaf_hash, chain_hash FROM public.event_log "
+            "SELECT seq, event_type, recorded_at, leaf, leaf_hash, chain_hash "
+            "FROM public.event_log "
             "WHERE tenant_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
             tenant_id,
             last,
@@ -161,14 +162,12 @@ class Applier:
             except Exception as e:
                 raise HandlerFailedError(recorded.seq, recorded.type, e) from e
         new_last: int = rows[-1]["seq"]
-        first_ts = await conn.fetchval(
-            "UPDATE position SET last_seq = $2, updated_at = now(), last_ts = "
-            "(SELECT recorded_at FROM public.event_log WHERE tenant_id = $1 AND seq = $2) "
-            "WHERE tenant_id = $1 RETURNING (SELECT recorded_at FROM public.event_log "
-            "WHERE tenant_id = $1 AND seq = $3)",
+        await conn.execute(
+            "UPDATE position SET last_seq = $2, last_ts = $3, updated_at = now() "
+            "WHERE tenant_id = $1",
             tenant_id,
             new_last,
-            rows[0]["seq"],
+            rows[-1]["recorded_at"],
         )
         if self.live:
             await conn.execute(
@@ -176,7 +175,7 @@ class Applier:
                 NOTIFY_CHANNEL,
                 f"{self.projection.name} {tenant_id} {new_last}",
             )
-        return Page(last, new_last, first_ts=first_ts)
+        return Page(last, new_last, first_ts=rows[0]["recorded_at"])
 
     async def park(
         self, conn: asyncpg.Connection, tenant_id: UUID, failure: HandlerFailedError, attempts: int
@@ -245,12 +244,6 @@ class _Retry:
     task: asyncio.Task[None] | None = None
 
 
-@dataclass(slots=True)
-class _Stats:
-    handled_messages: int = 0
-    batches: int = 0
-
-
 class ProjectionRunner:
     """Keeps one projection's live read model up to date (see module doc)."""
 
@@ -282,7 +275,6 @@ class ProjectionRunner:
         self._retries: dict[UUID, _Retry] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._last_sweep: dict[UUID, int] = {}
-        self.stats = _Stats()
 
     @property
     def durable(self) -> str:
@@ -352,8 +344,8 @@ class ProjectionRunner:
         """Apply what a batch of messages announces, then acknowledge them."""
         targets: dict[UUID, int] = {}
         announced: dict[UUID, int] = {}
-        for msg in messages:
-            parsed = _parse(msg)
+        parsed_all = [_parse(msg) for msg in messages]
+        for parsed in parsed_all:
             if parsed is None:
                 log.warning("projection %s: ignored a malformed message", self._projection.name)
                 continue
@@ -364,8 +356,7 @@ class ProjectionRunner:
             *(self._advance_announced(t, s, announced[t]) for t, s in targets.items())
         )
         ok = {t for t, done in zip(targets, outcomes, strict=True) if done}
-        for msg in messages:
-            parsed = _parse(msg)
+        for msg, parsed in zip(messages, parsed_all, strict=True):
             try:
                 if parsed is None or parsed[0] in ok:
                     await msg.ack()
@@ -373,8 +364,6 @@ class ProjectionRunner:
                     await msg.nak(delay=1.0)
             except Exception as e:
                 log.debug("ack failed (%s): the message comes again", type(e).__name__)
-        self.stats.handled_messages += len(messages)
-        self.stats.batches += 1
 
     async def _advance_announced(self, tenant_id: UUID, target: int, messages: int) -> bool:
         """Advance for messages; False on a transient failure (messages are redelivered)."""

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -194,14 +195,13 @@ async def rebuild(
         built = _Built(total, progress)
         parked: set[UUID] = set()
         slots = asyncio.Semaphore(concurrency)
+
+        async def build(t: UUID, size: int) -> None:
+            async with slots:
+                await _build_tenant(_pooled(pool, t), applier, t, size, built, parked)
+
         for _ in range(3):  # appends continue meanwhile: close most of the gap outside the lock
-            await asyncio.gather(
-                *(
-                    _build_tenant(pool, applier, t, size, built, parked, slots)
-                    for t, size in heads.items()
-                    if t not in parked
-                )
-            )
+            await asyncio.gather(*(build(t, size) for t, size in heads.items() if t not in parked))
             fresh = await _heads(owner, tenant_id)
             if sum(fresh.values()) - sum(heads.values()) < PAGE:
                 heads = fresh
@@ -251,31 +251,51 @@ async def _heads(owner: asyncpg.Connection, tenant_id: UUID | None) -> dict[UUID
     return {r["tenant_id"]: r["size"] for r in rows}
 
 
+Transactions = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
+
+
 async def _build_tenant(
-    pool: asyncpg.Pool,
+    transactions: Transactions,
     applier: Applier,
     tenant_id: UUID,
     size: int,
     built: _Built,
     parked: set[UUID],
-    slots: asyncio.Semaphore,
 ) -> None:
-    async with slots:
-        while True:
-            try:
-                async with tenant_transaction(pool, tenant_id) as conn:
-                    page = await applier.apply_page(conn, tenant_id, size, PAGE)
-            except HandlerFailedError as failure:
-                async with tenant_transaction(pool, tenant_id) as conn:
-                    if failure.seq > 1:
-                        page = await applier.apply_page(conn, tenant_id, failure.seq - 1, PAGE)
-                        built.add(page.after - page.before)
-                    await applier.park(conn, tenant_id, failure, 1)
-                parked.add(tenant_id)
-                return
-            built.add(page.after - page.before)
-            if page.after >= size or page.after == page.before or page.parked:
-                return
+    """Bring the copy of one tenant to ``size``, one page per transaction.
+
+    A failing projector parks the tenant in the copy, with the events before the
+    failing one applied, as the runner does.
+    """
+    while True:
+        try:
+            async with transactions() as conn:
+                page = await applier.apply_page(conn, tenant_id, size, PAGE)
+        except HandlerFailedError as failure:
+            async with transactions() as conn:
+                page = await applier.apply_page(conn, tenant_id, failure.seq - 1, PAGE)
+                built.add(page.after - page.before)
+                await applier.park(conn, tenant_id, failure, 1)
+            parked.add(tenant_id)
+            return
+        built.add(page.after - page.before)
+        if page.after >= size or page.after == page.before or page.parked:
+            return
+
+
+def _pooled(pool: asyncpg.Pool, tenant_id: UUID) -> Transactions:
+    return lambda: tenant_transaction(pool, tenant_id)
+
+
+def _savepoints(owner: asyncpg.Connection) -> Transactions:
+    """Savepoints inside the swap transaction: a failing projector rolls back alone."""
+
+    @asynccontextmanager
+    async def savepoint() -> AsyncIterator[asyncpg.Connection]:
+        async with owner.transaction():
+            yield owner
+
+    return savepoint
 
 
 async def _catch_up_locked(
@@ -288,18 +308,7 @@ async def _catch_up_locked(
 ) -> None:
     """Inside the swap transaction: bring the copy of one tenant to ``size``."""
     await set_tenant(owner, tenant_id)
-    while True:
-        try:
-            async with owner.transaction():  # a savepoint: a failing projector rolls back alone
-                page = await applier.apply_page(owner, tenant_id, size, PAGE)
-        except HandlerFailedError as failure:
-            async with owner.transaction():
-                await applier.park(owner, tenant_id, failure, 1)
-            parked.add(tenant_id)
-            return
-        built.add(page.after - page.before)
-        if page.after >= size or page.after == page.before or page.parked:
-            return
+    await _build_tenant(_savepoints(owner), applier, tenant_id, size, built, parked)
 
 
 async def _swap_all(
