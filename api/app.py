@@ -8,12 +8,31 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Reference, SecurityScheme
 
+from api.access import PUBLIC, Access, AccessMiddleware
+from api.apikeys import ApiKeyController
+from api.auth import AccountController, AuthController
 from api.health import HealthController
+from api.members import InviteController, MemberController
 from api.metrics import MetricsController
 from api.middleware import add_security_headers
-from api.problems import EXCEPTION_HANDLERS
+from api.problems import EXCEPTION_HANDLERS, PROBLEM_JSON
+from api.schemas import Request as RequestBody
+from api.tenants import TenantController
 from infra.runtime import Runtime, strongroom_version
+
+OPENAPI_PATH = "/schema"
+CONTROLLERS = [
+    HealthController,
+    MetricsController,
+    TenantController,
+    MemberController,
+    InviteController,
+    AuthController,
+    AccountController,
+    ApiKeyController,
+]
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -30,16 +49,80 @@ def create_app(open_runtime: Callable[[], Awaitable[Runtime]]) -> Litestar:
         finally:
             await runtime.close()
 
-    return Litestar(
-        route_handlers=[HealthController, MetricsController],
+    app = Litestar(
+        route_handlers=CONTROLLERS,
         lifespan=[lifespan],
+        middleware=[AccessMiddleware],
         before_send=[add_security_headers],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
             title="Strongroom",
             version=strongroom_version(),
-            path="/schema",
+            path=OPENAPI_PATH,
             render_plugins=[JsonRenderPlugin()],
         ),
     )
+    _declare_access(app)
+    _document_conventions(app)
+    return app
+
+
+def _declare_access(app: Litestar) -> None:
+    """Deny by default: a route that declares no access stops the app from starting.
+
+    The OpenAPI document and litestar's automatic OPTIONS answers (the allowed
+    methods of a path) are the exceptions, and they are public.
+    """
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if isinstance(handler.opt.get("access"), Access):
+                continue
+            if route.path.startswith(OPENAPI_PATH) or handler.http_methods == {"OPTIONS"}:
+                handler.opt.update(PUBLIC)
+                continue
+            raise RuntimeError(f"route {route.path} declares no access (opt['access'])")
+
+
+def _document_conventions(app: Litestar) -> None:
+    """Say in the OpenAPI document what litestar cannot infer: request bodies refuse
+    unknown fields, every error is problem+json (api/problems.py), a 204 has no body,
+    and which credential each operation takes (from its declared access)."""
+    document = app.openapi_schema
+    document.components.security_schemes = {
+        "bearer": SecurityScheme(
+            type="http",
+            scheme="bearer",
+            description="a session token (srs_…) or an API key (sr_live_…); sessions also "
+            "work as the __Host-strongroom_session cookie",
+        ),
+        "platform": SecurityScheme(
+            type="http", scheme="bearer", description="the platform administrator token (srp_…)"
+        ),
+    }
+    accesses = {
+        str(handler.operation_id): handler.opt["access"]
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", ())
+        if isinstance(handler.opt.get("access"), Access) and handler.operation_id
+    }
+    schemas = document.components.schemas or {}
+    for struct in RequestBody.__subclasses__():
+        if struct.__name__ in schemas:
+            schemas[struct.__name__].additional_properties = False
+    assert "Problem" in schemas, "registered by GET /health/ready's 503"
+    problem = {PROBLEM_JSON: OpenAPIMediaType(schema=Reference("#/components/schemas/Problem"))}
+    for item in (document.paths or {}).values():
+        for operation in filter(None, (item.get, item.put, item.post, item.delete, item.patch)):
+            responses = operation.responses = operation.responses or {}
+            for status, response in responses.items():
+                if isinstance(response, OpenAPIResponse) and status == "204":
+                    response.content = None
+                elif isinstance(response, OpenAPIResponse) and status.startswith("4"):
+                    response.content = problem
+            responses["default"] = OpenAPIResponse("a problem (RFC 9457)", content=problem)
+            access = accesses.get(operation.operation_id or "")
+            if access is not None:
+                operation.security = (
+                    [] if access.public else [{"platform" if access.platform else "bearer": []}]
+                )

@@ -8,6 +8,7 @@ import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.openapi import ResponseSpec
 
+from api.access import PROBE
 from api.problems import PROBLEM_JSON, Problem, problem
 from infra.runtime import strongroom_version
 
@@ -25,7 +26,7 @@ class HealthController(Controller):
     path = "/health"
     tags = ["health"]
 
-    @get("/live", operation_id="getLiveness", summary="The process is up")
+    @get("/live", operation_id="getLiveness", summary="The process is up", opt=PROBE)
     async def live(self) -> Health:
         return Health(status="ok", version=strongroom_version())
 
@@ -33,6 +34,7 @@ class HealthController(Controller):
         "/ready",
         operation_id="getReadiness",
         summary="PostgreSQL and NATS answer",
+        opt=PROBE,
         responses={503: ResponseSpec(Problem, description="not ready", media_type=PROBLEM_JSON)},
     )
     async def ready(self, request: Request[Any, Any, Any]) -> Response[Any]:

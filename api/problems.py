@@ -19,7 +19,10 @@ from domain.errors import (
     ForbiddenError,
     InvalidError,
     NotFoundError,
+    RateLimitedError,
+    StepUpRequiredError,
     StrongroomError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -28,6 +31,9 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
 _BY_CLASS: list[tuple[type[StrongroomError], int, str]] = [
+    (UnauthenticatedError, 401, "unauthenticated"),
+    (StepUpRequiredError, 401, "step-up-required"),
+    (RateLimitedError, 429, "rate-limited"),
     (InvalidError, 422, "invalid"),
     (NotFoundError, 404, "not-found"),
     (ConflictError, 409, "conflict"),
@@ -79,6 +85,18 @@ def handle_domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[d
             response = problem(status, str(exc), slug=slug)
             if status == 503:
                 response.headers["Retry-After"] = "1"
+            if isinstance(exc, UnauthenticatedError):
+                response.headers["WWW-Authenticate"] = 'Bearer realm="strongroom"'
+            if isinstance(exc, StepUpRequiredError):
+                response.headers["WWW-Authenticate"] = (
+                    'Bearer realm="strongroom", error="insufficient_user_authentication", '
+                    'error_description="a recent authentication is required"'
+                )
+            if isinstance(exc, RateLimitedError):
+                response.headers["Retry-After"] = str(exc.retry_after)
+                response.headers["RateLimit-Policy"] = exc.policy
+                name = exc.policy.split(";", 1)[0]
+                response.headers["RateLimit"] = f"{name};r={exc.remaining};t={exc.retry_after}"
             return response
     return handle_unexpected(_, exc)
 

@@ -30,3 +30,21 @@ class ForbiddenError(StrongroomError):
 
 class UnavailableError(StrongroomError):
     """Temporarily unable to answer, e.g. a read model still catching up (503)."""
+
+
+class UnauthenticatedError(StrongroomError):
+    """No valid credential (401). Says nothing about which part was wrong."""
+
+
+class StepUpRequiredError(StrongroomError):
+    """The route needs a recent authentication (401, insufficient_user_authentication)."""
+
+
+class RateLimitedError(StrongroomError):
+    """Too many attempts (429); ``retry_after`` seconds until the next is allowed."""
+
+    def __init__(self, message: str, *, retry_after: int, policy: str, remaining: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.policy = policy
+        self.remaining = remaining

@@ -1,4 +1,10 @@
-"""A member of a tenant: invited with an e-mail address and a role."""
+"""A member of a tenant: invited with an e-mail address and a role, then joins.
+
+A member is *invited* (a one-time invite token exists), *joins* by setting a
+password, and may be deactivated and reactivated. Their secrets (password hash,
+TOTP secret, recovery codes) never enter an event: events record only that
+they changed.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ def _role(role: str) -> Role:
         raise InvalidMemberError(f"role must be one of {', '.join(Role)}") from None
 
 
-def _check_email(email: str) -> str:
+def check_email(email: str) -> str:
     email = email.strip()
     local, _, domain = email.rpartition("@")
     if not local or "." not in domain or len(email) > 254 or any(c.isspace() for c in email):
@@ -44,6 +50,21 @@ class Member(RecordedAggregate):
         email: str | None
         role: Role
 
+    class Joined(RecordedAggregate.Event):
+        """Accepted the invitation and set a password."""
+
+    class PasswordChanged(RecordedAggregate.Event):
+        pass
+
+    class MfaEnrolled(RecordedAggregate.Event):
+        pass
+
+    class MfaDisabled(RecordedAggregate.Event):
+        pass
+
+    class RecoveryCodesGenerated(RecordedAggregate.Event):
+        count: int
+
     class RoleChanged(RecordedAggregate.Event):
         role: Role
 
@@ -56,7 +77,7 @@ class Member(RecordedAggregate):
     @classmethod
     def invite(cls, tenant_id: UUID, email: str, role: Role) -> Member:
         return cls._create(
-            cls.Invited, tenant_id=tenant_id, email=_check_email(email), role=_role(role)
+            cls.Invited, tenant_id=tenant_id, email=check_email(email), role=_role(role)
         )
 
     def __init__(self, tenant_id: UUID, email: str | None, role: Role) -> None:
@@ -64,6 +85,61 @@ class Member(RecordedAggregate):
         self.email = email
         self.role = role
         self.active = True
+        self.joined = False
+        self.mfa_enabled = False
+
+    @property
+    def is_active_owner(self) -> bool:
+        return self.role is Role.OWNER and self.active and self.joined
+
+    def join(self) -> None:
+        if self.joined:
+            raise MemberStateError("the invitation was already accepted")
+        if not self.active:
+            raise MemberStateError("a deactivated member cannot join")
+        self._joined()
+
+    @event(Joined)
+    def _joined(self) -> None:
+        self.joined = True
+
+    def change_password(self) -> None:
+        self._require_usable()
+        self._password_changed()
+
+    @event(PasswordChanged)
+    def _password_changed(self) -> None:
+        pass
+
+    def enroll_mfa(self) -> None:
+        self._require_usable()
+        if self.mfa_enabled:
+            raise MemberStateError("MFA is already enabled")
+        self._mfa_enrolled()
+
+    @event(MfaEnrolled)
+    def _mfa_enrolled(self) -> None:
+        self.mfa_enabled = True
+
+    def disable_mfa(self) -> None:
+        self._require_usable()
+        if not self.mfa_enabled:
+            raise MemberStateError("MFA is not enabled")
+        if self.role is Role.OWNER:
+            raise MemberStateError("an owner's MFA stays on once enrolled")
+        self._mfa_disabled()
+
+    @event(MfaDisabled)
+    def _mfa_disabled(self) -> None:
+        self.mfa_enabled = False
+
+    def generate_recovery_codes(self, count: int) -> None:
+        self._require_usable()
+        self._recovery_codes_generated(count=count)
+
+    @event(RecoveryCodesGenerated)
+    def _recovery_codes_generated(self, count: int) -> None:
+        pass
 
     def change_role(self, role: Role) -> None:
         if not self.active:
@@ -93,3 +169,7 @@ class Member(RecordedAggregate):
     @event(Reactivated)
     def _reactivated(self) -> None:
         self.active = True
+
+    def _require_usable(self) -> None:
+        if not (self.active and self.joined):
+            raise MemberStateError("only an active member who joined can do this")

@@ -1,4 +1,4 @@
-"""The roles a member can hold. (Their permission flags come with the HTTP API.)"""
+"""The roles a member can hold; what each may do is in domain/permissions.py."""
 
 from __future__ import annotations
 

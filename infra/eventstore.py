@@ -28,7 +28,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -184,6 +184,9 @@ CommitListener = Callable[[UUID, Sequence[Committed]], None]
 """Called once per committed batch, in commit order per tenant; must not block."""
 
 
+Effect = Callable[[asyncpg.Connection], Awaitable[None]]
+"""Writes that must commit with a command's events or not at all (see ``append``)."""
+
 ExpectedVersions = Mapping[str, int | None]
 """Per stream: the version it must be at now (0: must not exist yet), or None for any."""
 
@@ -201,6 +204,7 @@ class _Pending:
     data_json: list[bytes]
     """Each event's data, already canonical: put into the leaf as it is."""
     future: asyncio.Future[AppendResult]
+    effect: Effect | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -424,14 +428,23 @@ class EventStore:
         actor: Actor,
         correlation: UUID | None = None,
         causation: UUID | None = None,
+        effect: Effect | None = None,
     ) -> AppendResult:
         """Append one command's events atomically; see the module docstring.
+
+        ``effect`` runs in the same transaction, under the tenant's row-level
+        security, only if the events are written this time (not for a replayed
+        command id); if it raises, nothing is written and the error is raised
+        here. It is for state that must agree with the log at every instant,
+        such as credentials and sessions. A command with an effect is written
+        in a transaction of its own, not grouped with others.
 
         Raises :class:`ConcurrencyError` for a stale expected version,
         :class:`CommandIdReusedError` for a reused command id with other
         content, :class:`EventRejectedError` for events that cannot be leaves.
         """
         pending = self._prepare(events, expected, command_id, actor, correlation, causation)
+        pending.effect = effect
         self._queues.setdefault(tenant_id, deque()).append(pending)
         if tenant_id not in self._drainers:
             self._drainers[tenant_id] = asyncio.create_task(self._drain(tenant_id))
@@ -511,6 +524,8 @@ class EventStore:
                 batch: list[_Pending] = []
                 size = 0
                 while queue and size < self._max_batch_events:
+                    if batch and (batch[0].effect or queue[0].effect):
+                        break
                     pending = queue.popleft()
                     if not pending.future.done():
                         batch.append(pending)
@@ -571,8 +586,12 @@ class EventStore:
                 live.remove(i)
             if not plan.commands and head.size >= 0:
                 continue
-            raw = await call_in_tenant(self._pool, tenant_id, "append_batch", *plan.arguments)
-            answer = orjson.loads(str(raw))
+            effect = batch[0].effect
+            if effect is None:
+                raw = await call_in_tenant(self._pool, tenant_id, "append_batch", *plan.arguments)
+                answer = orjson.loads(str(raw))
+            else:
+                answer = await self._append_with_effect(tenant_id, plan, effect)
             if answer["status"] == "ok":
                 head.commit(plan)
                 self._heads[tenant_id] = head
@@ -621,6 +640,19 @@ class EventStore:
             )
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
+
+    async def _append_with_effect(
+        self, tenant_id: UUID, plan: _Plan, effect: Effect
+    ) -> dict[str, Any]:
+        params = ", ".join(f"${i}" for i in range(2, len(plan.arguments) + 2))
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            raw = await conn.fetchval(
+                f"SELECT append_batch($1::uuid, {params})", tenant_id, *plan.arguments
+            )
+            answer: dict[str, Any] = orjson.loads(str(raw))
+            if answer["status"] == "ok":
+                await effect(conn)
+        return answer
 
     def _announce(self, tenant_id: UUID, plan: _Plan) -> None:
         if not self._listeners:
@@ -879,7 +911,21 @@ class EventStore:
             subjects = {r["subject_id"] for r in values.values()}
             keys = await self._keyring.subject_keys(conn, tenant_id, subjects, create=False)
         events = []
+        # Within one page the same actors and correlation ids recur: parse each once.
+        actors: dict[tuple[str, str], Actor] = {}
+        ids: dict[str, UUID] = {}
+
+        def uuid_of(text: str) -> UUID:
+            found = ids.get(text)
+            if found is None:
+                found = ids[text] = UUID(text)
+            return found
+
         for row, leaf in zip(rows, leaves, strict=True):
+            event_id = UUID(leaf["id"])
+            actor = actors.get(key := (leaf["actor"]["kind"], leaf["actor"]["id"]))
+            if actor is None:
+                actor = actors[key] = Actor(*key)
             personal: dict[str, str | _Erased] = {}
             for name, hex_hash in leaf["pii"].items():
                 value = values.get(bytes.fromhex(hex_hash))
@@ -891,19 +937,20 @@ class EventStore:
                     continue
                 if hashlib.sha256(value["ciphertext"]).hexdigest() != hex_hash:
                     raise EventStoreIntegrityError(f"seq {row['seq']}: personal value altered")
-                aad = pii_aad(tenant_id, value["subject_id"], name, UUID(leaf["id"]))
+                aad = pii_aad(tenant_id, value["subject_id"], name, event_id)
                 personal[name] = open_sealed(subject_key.key, value["ciphertext"], aad).decode()
             events.append(
                 RecordedEvent(
                     seq=row["seq"],
                     stream=leaf["stream"],
                     version=leaf["version"],
-                    event_id=UUID(leaf["id"]),
+                    event_id=event_id,
                     type=leaf["type"],
-                    ts=datetime.strptime(leaf["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC),
-                    actor=Actor(leaf["actor"]["kind"], leaf["actor"]["id"]),
-                    causation=UUID(leaf["causation"]) if leaf["causation"] else None,
-                    correlation=UUID(leaf["correlation"]),
+                    # The leaf's "%Y-%m-%dT%H:%M:%S.%fZ": fromisoformat reads the Z as UTC.
+                    ts=datetime.fromisoformat(leaf["ts"]),
+                    actor=actor,
+                    causation=uuid_of(leaf["causation"]) if leaf["causation"] else None,
+                    correlation=uuid_of(leaf["correlation"]),
                     data=leaf["data"],
                     personal=personal,
                     leaf=row["leaf"],

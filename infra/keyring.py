@@ -49,6 +49,11 @@ def _aad(tenant_id: UUID, object_id: str, key_version: int) -> bytes:
     return f"{tenant_id}|{object_id}|{key_version}".encode()
 
 
+def object_aad(tenant_id: UUID, object_id: str, key_version: int) -> bytes:
+    """AAD binding a ciphertext to its tenant, its object and its key version."""
+    return _aad(tenant_id, object_id, key_version)
+
+
 def pii_aad(tenant_id: UUID, subject_id: str, field: str, event_id: UUID) -> bytes:
     return _aad(tenant_id, f"pii:{subject_id}:{event_id}:{field}", 1)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_PUBLISHED: Final = Counter(
     "strongroom_events_published",
@@ -60,4 +60,16 @@ LAG_SECONDS: Final = Gauge(
     "strongroom_projection_lag_seconds",
     "Age of the oldest event in a projection's last committed batch (0 when caught up).",
     ["projection"],
+)
+
+HTTP_REQUESTS: Final = Counter(
+    "strongroom_http_requests",
+    "HTTP requests by method, route template (never the concrete path) and status.",
+    ["method", "route", "status"],
+)
+HTTP_REQUEST_SECONDS: Final = Histogram(
+    "strongroom_http_request_seconds",
+    "HTTP request latency by method and route template.",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )

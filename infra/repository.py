@@ -26,6 +26,7 @@ from infra.eventstore import (
     ERASED,
     Actor,
     AppendResult,
+    Effect,
     EventStore,
     NewEvent,
     RecordedEvent,
@@ -118,6 +119,7 @@ class Repository:
         command_id: UUID,
         actor: Actor,
         correlation: UUID | None = None,
+        effect: Effect | None = None,
     ) -> AppendResult | None:
         """Append the aggregates' pending events as one command (None if there were none)."""
         pending = [e for aggregate in aggregates for e in aggregate.collect_events()]
@@ -136,6 +138,7 @@ class Repository:
             command_id=command_id,
             actor=actor,
             correlation=correlation,
+            effect=effect,
         )
 
     async def get(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -24,13 +25,16 @@ from infra.keyring import Keyring
 from infra.positions import PositionWaiter
 from infra.projector import ProjectionRunner
 from infra.publisher import Publisher, Relay
+from infra.services import IdentityServices
 from infra.settings import Settings
 from projections.base import Projection
 
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def strongroom_version() -> str:
+    """Read once: ``importlib.metadata`` parses the package's METADATA file on every call."""
     try:
         return version("strongroom")
     except PackageNotFoundError:
@@ -63,6 +67,7 @@ class Runtime:
     broker: Broker
     publisher: Publisher
     positions: PositionWaiter
+    identity: IdentityServices
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -87,7 +92,14 @@ class Runtime:
         publisher.start()
         positions = PositionWaiter(pool, endpoints.app_database_url)
         positions.start()
-        runtime = cls(settings, pool, keyring, store, broker, publisher, positions)
+        identity = IdentityServices.build(
+            pool,
+            store,
+            keyring,
+            endpoints.master_key,
+            rate_limit_per_minute=settings.rate_limit_per_minute,
+        )
+        runtime = cls(settings, pool, keyring, store, broker, publisher, positions, identity)
         if workers.relay:
             runtime.tasks.append(asyncio.create_task(Relay(pool, broker).run()))
         for projection in workers.projections:

@@ -56,6 +56,8 @@ class Settings:
     """Seconds JetStream keeps an event message (Postgres keeps the log forever)."""
     nats_duplicate_window: int = 120
     """Seconds within which a re-published event (same Nats-Msg-Id) is dropped."""
+    rate_limit_per_minute: int = 6000
+    """Requests per minute per principal (session or API key), per API process."""
 
     @property
     def embedded_postgres(self) -> bool:
@@ -90,6 +92,7 @@ class Settings:
         take("nats_replicas", _int_between(1, 5))
         take("nats_max_age", _int_between(60, 365 * 24 * 3600))
         take("nats_duplicate_window", _int_between(1, 24 * 3600))
+        take("rate_limit_per_minute", _int_between(1, 10_000_000))
         flags: dict[str, Callable[[str, str], object]] = {
             "host": _parse_host,
             "port": _parse_port,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from uuid import UUID
 
+import asyncpg
 import click
 import uvicorn
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -38,6 +39,7 @@ from infra.local import (
 from infra.migrate import migrate
 from infra.readmodels import ensure_projections
 from infra.runtime import Endpoints, Runtime, Workers, strongroom_version
+from infra.services import create_platform_token
 from infra.settings import Settings
 from infra.verify import VerifyReport, verify_tenant
 from projections import ALL as ALL_PROJECTIONS
@@ -50,6 +52,7 @@ from replay.common import (
     out,
     print_json,
 )
+from replay.demo import DEMO_SLUG, Demo, create_demo
 
 
 @click.group()
@@ -86,6 +89,12 @@ def _embedded_servers(settings: Settings) -> Iterator[tuple[str, str, int | None
         applied = asyncio.run(_migrate_all(owner))
         if applied:
             err.print(f"applied {len(applied)} migration(s) / read model(s)")
+        platform_token = asyncio.run(_first_platform_token(owner))
+        if platform_token:
+            out.print(
+                "platform administrator token (shown once; it only creates tenants, "
+                f"POST /v1/tenants):\n  [bold]{platform_token}[/bold]"
+            )
         if nats is not None:
             err.print("starting embedded NATS JetStream…")
             nats_url = nats.start()
@@ -112,6 +121,28 @@ async def _migrate_all(owner_url: str) -> list[str]:
     return applied + [f"read model {name}" for name in report.created]
 
 
+async def _first_platform_token(owner_url: str) -> str | None:
+    conn = await asyncpg.connect(owner_url)
+    try:
+        return await create_platform_token(conn, only_if_none=True)
+    finally:
+        await conn.close()
+
+
+def _print_demo(demo: Demo | None) -> None:
+    if demo is None:
+        err.print(f"the demo tenant ({DEMO_SLUG}) exists; its passwords were shown when made")
+        return
+    table = Table(title=f"demo tenant {DEMO_SLUG} ({demo.tenant_id})")
+    for column in ("role", "e-mail", "password"):
+        table.add_column(column)
+    for member in demo.members:
+        table.add_row(member.role.value, member.email, member.password)
+    out.print(table)
+    out.print(f"owner API key: [bold]{demo.owner_api_key}[/bold]")
+    out.print(f'log in: POST /v1/auth/login {{"tenant": "{DEMO_SLUG}", "email": …, "password": …}}')
+
+
 def _serve(settings: Settings, endpoints: Endpoints, workers: Workers | None = None) -> None:
     app = create_app(lambda: Runtime.open(settings, endpoints, workers))
     config = uvicorn.Config(
@@ -132,8 +163,9 @@ def _serve(settings: Settings, endpoints: Endpoints, workers: Workers | None = N
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Default ./.strongroom")
 @click.option("--host", help="Default 127.0.0.1")
 @click.option("--port", type=int, help="Default 8700")
+@click.option("--demo", is_flag=True, help="Create a demo tenant with one member per role")
 @friendly_errors
-def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
+def up(data_dir: Path | None, host: str | None, port: int | None, demo: bool) -> None:
     """Run everything on this machine: embedded PostgreSQL and NATS, migrations, the API."""
     settings = load_settings(data_dir=data_dir, host=host, port=port)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -149,11 +181,10 @@ def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
                 settings.data_dir,
                 RunInfo(os.getpid(), pg_port, nats_url, f"http://{settings.host}:{settings.port}"),
             )
-            _serve(
-                settings,
-                Endpoints(app_url, nats_url, master_key),
-                Workers(relay=True, projections=ALL_PROJECTIONS),
-            )
+            endpoints = Endpoints(app_url, nats_url, master_key)
+            if demo:
+                _print_demo(asyncio.run(create_demo(settings, endpoints)))
+            _serve(settings, endpoints, Workers(relay=True, projections=ALL_PROJECTIONS))
     except KeyboardInterrupt:
         pass
     finally:
@@ -200,6 +231,27 @@ def migrate_command(as_json: bool) -> None:
             out.print(f"applied {name}")
     else:
         out.print("the schema is up to date")
+
+
+@cli.command("platform-token")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def platform_token(as_json: bool) -> None:
+    """Create another platform administrator token (shown once; creates tenants only)."""
+
+    async def run() -> str | None:
+        async with database_urls(load_settings()) as urls:
+            conn = await asyncpg.connect(urls.owner)
+            try:
+                return await create_platform_token(conn, only_if_none=False)
+            finally:
+                await conn.close()
+
+    token = asyncio.run(run())
+    if as_json:
+        print_json({"token": token})
+    else:
+        out.print(f"platform administrator token (shown once): [bold]{token}[/bold]")
 
 
 @cli.command()

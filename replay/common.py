@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,6 +11,7 @@ import click
 from rich.console import Console
 
 from domain.errors import StrongroomError
+from infra import logcontext
 from infra.db import DatabaseUnavailableError
 from infra.embedded import EmbeddedServerError, PortInUseError
 from infra.migrate import MigrationError
@@ -77,9 +77,7 @@ def friendly_errors(command: F) -> F:
 
 def load_settings(**overrides: Any) -> Settings:
     settings = Settings.from_env(**overrides)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logcontext.install(settings.log_level)
     return settings
 
 

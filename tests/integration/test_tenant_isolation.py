@@ -12,13 +12,20 @@ from dataclasses import dataclass
 from uuid import UUID, uuid4
 
 import asyncpg
+import pyotp
 import pytest
 
+from domain.errors import UnauthenticatedError
+from domain.permissions import Permission
 from infra.broker import Broker
+from infra.credentials import keyed_hash, sha256
 from infra.db import APP_ROLE, tenant_transaction
 from infra.eventstore import Actor, EventStore, NewEvent
+from infra.idempotency import StoredResponse, fingerprint
+from infra.keyring import Keyring
 from infra.projector import ProjectionRunner
 from infra.publisher import advance_cursor
+from infra.services import IdentityServices, create_platform_token
 from projections import ALL as ALL_PROJECTIONS
 from tests.conftest import Database
 
@@ -32,10 +39,42 @@ EXPECTED_TENANT_TABLES = {
     "pii_value",
     "relay_cursor",
     "projection_failure",
+    "tenant_directory",
+    "member_email",
+    "invite",
+    "account",
+    "recovery_code",
+    "session",
+    "api_key",
+    "auth_failure",
+    "idempotency_key",
     "proj_members.members_view",
     "proj_members.position",
 }
+PLATFORM_TABLES = {
+    "schema_migrations",
+    "projection_registry",
+    "platform_token",
+    "platform_idempotency_key",
+}
+"""Tables without a tenant_id: the platform's own, none of them holding a tenant's data."""
+GLOBAL_UNIQUE_KEYS = {"tenant_directory_slug": ["slug"]}
+"""The one unique key that does not lead with tenant_id, and its columns: slugs are one
+global namespace for logins by design (see infra/sql/0013_identity.sql). It is reached by
+the app role only through tenant_by_slug()."""
+CREDENTIAL_LOOKUPS = ("tenant_by_slug", "credential_tenant")
 POLICY_TEXT = "NULLIF(current_setting('app.tenant_id'"
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a tenant's members hold, to look their tenant up by."""
+
+    slug: str
+    session_token: str
+    api_key_hmac: bytes
+    invite_token: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +82,7 @@ class Tenants:
     a: UUID
     b: UUID
     tables: list[str]
+    credentials: dict[UUID, Credentials]
 
 
 async def tenant_tables(conn: asyncpg.Connection) -> list[str]:
@@ -58,13 +98,46 @@ async def tenant_tables(conn: asyncpg.Connection) -> list[str]:
     return [r["name"] for r in rows]
 
 
+async def create_identity(services: IdentityServices) -> tuple[UUID, Credentials]:
+    """A tenant made the way the API makes one, with rows in every identity table: its
+    directory entry, an owner who joined (e-mail key, used invite, account), a session,
+    confirmed TOTP with recovery codes, an API key, a failed login, an idempotency key."""
+    slug = f"iso-{uuid4().hex[:12]}"
+    email = f"owner@{slug}.example"
+    created = await services.tenants.create(f"Isolation {slug}", slug, email)
+    tenant: UUID = created.values["tenant_id"]
+    invite_token: str = created.values["invite_token"]
+    await services.members.accept_invite(invite_token, PASSWORD)
+    login = await services.sessions.login(slug, email, PASSWORD, ip="192.0.2.1", user_agent="t")
+    assert login.session is not None
+    principal = await services.sessions.authenticate(login.session.token)
+    enrollment = await services.sessions.start_mfa_enrollment(principal, issuer="Strongroom")
+    code = pyotp.TOTP(enrollment["secret"]).at(services.ctx.now())
+    confirmed = await services.sessions.confirm_mfa(principal, code)
+    assert len(confirmed.values["recovery_codes"]) == 10
+    issued = await services.api_keys.create(
+        principal, name="isolation", scopes=frozenset({Permission.MEMBERS_READ}), expires_at=None
+    )
+    with pytest.raises(UnauthenticatedError):
+        await services.sessions.login(
+            slug, email, "not the password", ip="192.0.2.1", user_agent="t"
+        )
+    idempotency = services.idempotency
+    print_ = fingerprint("POST", "/v1/members", b"{}")
+    assert await idempotency.claim(tenant, principal.id, "isolation", print_) is None
+    await idempotency.complete(tenant, principal.id, "isolation", StoredResponse(201, [], b"{}"))
+    hmac = keyed_hash(services.ctx.api_key_secret, issued.values["key"])
+    return tenant, Credentials(slug, login.session.token, hmac, invite_token)
+
+
 async def fill(store: EventStore, pool: asyncpg.Pool, broker: Broker, tenant: UUID) -> None:
-    """Give a tenant rows in every tenant table: events, nodes, commands, keys, PII,
+    """Give a tenant rows in the tables of the log: events, nodes, commands, keys, PII,
     publication cursor, read models and their positions, a projection failure."""
-    for i in range(16):  # 16 leaves close the first stored Merkle node
+    head = 0
+    for i in range(16):  # 16 more leaves close at least the first stored Merkle node
         member = uuid4()
         subject = f"member-{member}"
-        await store.append(
+        result = await store.append(
             tenant,
             [
                 NewEvent(
@@ -79,9 +152,10 @@ async def fill(store: EventStore, pool: asyncpg.Pool, broker: Broker, tenant: UU
             command_id=uuid4(),
             actor=Actor("system", "isolation-test"),
         )
-    assert await advance_cursor(pool, tenant, 1, 16)
+        head = result.last_seq
+    assert await advance_cursor(pool, tenant, 1, head)
     for projection in ALL_PROJECTIONS:
-        await ProjectionRunner(pool, store, broker, projection).advance(tenant, 16)
+        await ProjectionRunner(pool, store, broker, projection).advance(tenant, head)
     async with tenant_transaction(pool, tenant) as conn:
         await conn.execute(
             "INSERT INTO projection_failure (tenant_id, projection, seq, event_type, error, "
@@ -91,17 +165,22 @@ async def fill(store: EventStore, pool: asyncpg.Pool, broker: Broker, tenant: UU
 
 
 @pytest.fixture(scope="module")
-async def tenants(store: EventStore, pool: asyncpg.Pool, database: Database) -> Tenants:
-    a, b = uuid4(), uuid4()
+async def tenants(
+    store: EventStore, pool: asyncpg.Pool, keyring: Keyring, master_key: bytes, database: Database
+) -> Tenants:
+    services = IdentityServices.build(pool, store, keyring, master_key)
     broker = Broker("nats://127.0.0.1:1")  # never connected: advance() reads the store only
-    await fill(store, pool, broker, a)
-    await fill(store, pool, broker, b)
+    credentials: dict[UUID, Credentials] = {}
+    for _ in range(2):
+        tenant, credentials[tenant] = await create_identity(services)
+        await fill(store, pool, broker, tenant)
     conn = await asyncpg.connect(database.app_url)
     try:
         tables = await tenant_tables(conn)
     finally:
         await conn.close()
-    return Tenants(a, b, tables)
+    a, b = credentials
+    return Tenants(a, b, tables, credentials)
 
 
 @pytest.fixture
@@ -246,15 +325,32 @@ async def test_every_unique_key_of_a_tenant_table_leads_with_tenant_id(
 ) -> None:
     rows = await superuser.fetch(
         "SELECT i.indexrelid::regclass::text AS index, c.oid::regclass::text AS relname, "
-        "a.attname AS first "
+        "ARRAY(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "ORDER BY k.n)::text[] AS keys "
         "FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
-        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
         "WHERE i.indisunique AND c.oid = ANY($1::regclass[])",
         tenants.tables,
     )
     assert len({r["relname"] for r in rows}) == len(tenants.tables), "every table has a key"
+    exceptions = {r["index"]: r["keys"] for r in rows if r["index"] in GLOBAL_UNIQUE_KEYS}
+    assert exceptions == GLOBAL_UNIQUE_KEYS, "the documented exception is exactly that key"
     for r in rows:
-        assert r["first"] == "tenant_id", r["index"]
+        if r["index"] not in GLOBAL_UNIQUE_KEYS:
+            assert r["keys"][0] == "tenant_id", (r["index"], r["keys"])
+
+
+async def test_every_table_without_a_tenant_id_is_a_known_platform_table(
+    superuser: asyncpg.Connection, tenants: Tenants
+) -> None:
+    rows = await superuser.fetch(
+        "SELECT CASE WHEN n.nspname = 'public' THEN c.relname "
+        "ELSE n.nspname || '.' || c.relname END AS name FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p')",
+        ["public", *(p.schema for p in ALL_PROJECTIONS)],
+    )
+    assert {r["name"] for r in rows} - set(tenants.tables) == PLATFORM_TABLES
 
 
 async def test_views_run_with_the_callers_rights(superuser: asyncpg.Connection) -> None:
@@ -429,3 +525,126 @@ async def test_the_platform_functions_return_positions_and_no_content(
         "parked_at",
         "updated_at",
     }
+
+
+# ---- finding a credential's tenant before any tenant is set ------------------------------
+
+
+async def test_the_credential_lookups_return_one_uuid_as_their_owner_with_a_pinned_path(
+    superuser: asyncpg.Connection,
+) -> None:
+    owner = await superuser.fetchval(
+        "SELECT relowner FROM pg_class WHERE oid = 'tenant_directory'::regclass"
+    )
+    for name in CREDENTIAL_LOOKUPS:
+        [f] = await superuser.fetch(
+            "SELECT prosecdef, proretset, prorettype::regtype::text AS returns, proowner, "
+            "proconfig FROM pg_proc WHERE proname = $1 "
+            "AND pronamespace = 'public'::regnamespace",
+            name,
+        )
+        assert f["prosecdef"] and f["proowner"] == owner, name
+        assert (f["proretset"], f["returns"]) == (False, "uuid"), name
+        assert f["proconfig"] == ["search_path=public, pg_temp"], name
+
+
+async def test_tenant_by_slug_gives_the_tenant_id_of_an_exact_slug_only(
+    app_conn: asyncpg.Connection, tenants: Tenants
+) -> None:
+    for tenant in (tenants.a, tenants.b):
+        slug = tenants.credentials[tenant].slug
+        rows = await app_conn.fetch("SELECT * FROM tenant_by_slug($1)", slug)
+        assert [list(r.items()) for r in rows] == [[("tenant_by_slug", tenant)]]
+        for near in (slug.upper(), f"{slug} ", slug[:-1], f"{slug[:5]}%", "%", "_" * len(slug)):
+            assert await app_conn.fetchval("SELECT tenant_by_slug($1)", near) is None, near
+    assert await app_conn.fetchval("SELECT tenant_by_slug(NULL)") is None
+
+
+async def test_credential_tenant_gives_the_tenant_id_of_an_exact_hash_of_its_kind_only(
+    app_conn: asyncpg.Connection, tenants: Tenants
+) -> None:
+    sql = "SELECT credential_tenant($1, $2)"
+    for tenant in (tenants.a, tenants.b):
+        held = tenants.credentials[tenant]
+        hashes = {
+            "session": sha256(held.session_token),
+            "apikey": held.api_key_hmac,
+            "invite": sha256(held.invite_token),
+        }
+        for kind, digest in hashes.items():
+            rows = await app_conn.fetch("SELECT * FROM credential_tenant($1, $2)", kind, digest)
+            assert [list(r.items()) for r in rows] == [[("credential_tenant", tenant)]], kind
+            flipped = digest[:-1] + bytes([digest[-1] ^ 1])
+            for near in (digest[:-1], digest[:16], flipped, digest + b"\0", b""):
+                assert await app_conn.fetchval(sql, kind, near) is None, (kind, near)
+            for other in {"session", "apikey", "invite", "platform", "SESSION", ""} - {kind}:
+                assert await app_conn.fetchval(sql, other, digest) is None, (kind, other)
+        assert await app_conn.fetchval(sql, "session", None) is None
+        # the clear-text token is not a key either
+        assert await app_conn.fetchval(sql, "session", held.session_token.encode()) is None
+
+
+async def test_no_security_definer_function_is_executable_by_public(
+    superuser: asyncpg.Connection,
+) -> None:
+    rows = await superuser.fetch(
+        "SELECT p.oid::regprocedure::text AS name, p.proacl IS NULL AS default_acl, "
+        "EXISTS (SELECT 1 FROM aclexplode(p.proacl) x WHERE x.grantee = 0) AS public "
+        "FROM pg_proc p WHERE p.prosecdef AND p.pronamespace = 'public'::regnamespace"
+    )
+    assert {r["name"].partition("(")[0] for r in rows} >= set(CREDENTIAL_LOOKUPS)
+    for r in rows:
+        # A NULL ACL is the default one, which lets PUBLIC execute.
+        assert not r["default_acl"] and not r["public"], r["name"]
+
+
+async def test_a_role_without_a_grant_cannot_call_the_credential_lookups(
+    superuser: asyncpg.Connection, tenants: Tenants
+) -> None:
+    role = f"strongroom_probe_{uuid4().hex[:8]}"
+    await superuser.execute(f"CREATE ROLE {role} NOLOGIN")
+    try:
+        await superuser.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        slug = tenants.credentials[tenants.a].slug
+        for sql, args in (
+            ("SELECT tenant_by_slug($1)", (slug,)),
+            ("SELECT credential_tenant('session', $1)", (b"\0" * 32,)),
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="denied for function"):
+                async with superuser.transaction():
+                    await superuser.execute(f"SET LOCAL ROLE {role}")
+                    await superuser.fetchval(sql, *args)
+    finally:
+        await superuser.execute(f"REVOKE ALL ON SCHEMA public FROM {role}")
+        await superuser.execute(f"DROP ROLE {role}")
+
+
+# ---- the platform administrator's tokens ---------------------------------------------------
+
+
+async def test_the_app_role_reads_platform_token_hashes_and_cannot_write_them(
+    pool: asyncpg.Pool, superuser: asyncpg.Connection, database: Database
+) -> None:
+    owner = await asyncpg.connect(database.owner_url)
+    try:
+        token = await create_platform_token(owner, only_if_none=False)
+    finally:
+        await owner.close()
+    assert token is not None
+    before = await superuser.fetch("SELECT * FROM platform_token ORDER BY token_hash")
+    async with pool.acquire() as conn:
+        assert await privileges(conn, "platform_token") == {"SELECT"}
+        assert await columns(conn, "platform_token") == ["token_hash", "created_at", "revoked_at"]
+        hashes = [r["token_hash"] for r in await conn.fetch("SELECT * FROM platform_token")]
+        assert sha256(token) in hashes
+        assert all(len(h) == 32 for h in hashes) and token.encode() not in hashes
+        for sql, args in (
+            ("INSERT INTO platform_token (token_hash) VALUES ($1)", (sha256("srp_mine"),)),
+            ("UPDATE platform_token SET revoked_at = NULL", ()),
+            ("UPDATE platform_token SET token_hash = $1", (sha256("srp_mine"),)),
+            ("DELETE FROM platform_token", ()),
+            ("TRUNCATE platform_token", ()),
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(sql, *args)
+    assert await superuser.fetch("SELECT * FROM platform_token ORDER BY token_hash") == before

@@ -212,6 +212,11 @@ def test_renaming_to_a_blank_name_is_refused() -> None:
 def test_member_event_type_strings_are_category_dot_snake_case() -> None:
     assert event_classes(Member) == {
         "member.invited": Member.Invited,
+        "member.joined": Member.Joined,
+        "member.password_changed": Member.PasswordChanged,
+        "member.mfa_enrolled": Member.MfaEnrolled,
+        "member.mfa_disabled": Member.MfaDisabled,
+        "member.recovery_codes_generated": Member.RecoveryCodesGenerated,
         "member.role_changed": Member.RoleChanged,
         "member.deactivated": Member.Deactivated,
         "member.reactivated": Member.Reactivated,
@@ -222,6 +227,9 @@ def test_tenant_event_type_strings_are_category_dot_snake_case() -> None:
     assert event_classes(Tenant) == {
         "tenant.created": Tenant.Created,
         "tenant.renamed": Tenant.Renamed,
+        "tenant.settings_changed": Tenant.SettingsChanged,
+        "tenant.owner_added": Tenant.OwnerAdded,
+        "tenant.owner_removed": Tenant.OwnerRemoved,
     }
 
 
