@@ -2,8 +2,9 @@
 
 Usage: ``python -m tests.bench [--quick]``. ``--quick`` measures about one second per row
 (a smoke run; its numbers are not meant to be compared with the targets). The append suite
-(rows 1-5) and the projection suite (rows 6-8, with NATS) each get a fresh embedded
-database. Exits 1 only when a row had errors or its checks found lost or extra events.
+(rows 1-5), the projection suite (rows 6-8, with NATS) and the HTTP suite (rows 9-12, the
+API as its own process) each get a fresh embedded database. Exits 1 only when a row had
+errors or its checks found lost or extra events.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 import sys
 from importlib.metadata import version
 
-from tests.bench import bench_append, bench_projections
+from tests.bench import bench_append, bench_http, bench_projections
 from tests.bench._report import print_table, write_json
 from tests.bench._stack import bench_database, bench_nats, machine_info
 
@@ -41,6 +42,7 @@ def settings(quick: bool) -> dict[str, object]:
             "max_in_flight": bench_projections.MAX_IN_FLIGHT,
             "log": dataclasses.asdict(scale.log),
         },
+        "http": bench_http.settings(),
         "nats_py": version("nats-py"),
         "asyncpg": version("asyncpg"),
         "eventsourcing": version("eventsourcing"),
@@ -55,6 +57,8 @@ def main(argv: list[str]) -> int:
         rows = bench_append.run_suite(db, quick=args.quick)
     with bench_database() as db, bench_nats() as nats_url:
         rows += bench_projections.run_suite(db, nats_url, quick=args.quick)
+    with bench_database() as db, bench_nats() as nats_url:
+        rows += bench_http.run_suite(db, nats_url, quick=args.quick)
     print_table(machine, rows, quick=args.quick)
     path = write_json(machine, settings(args.quick), rows)
     print(f"results: {path}")

@@ -119,7 +119,7 @@ def write_json(machine: dict[str, Any], settings: dict[str, Any], rows: list[Row
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     document = {
-        "suites": ["append", "projections"],
+        "suites": ["append", "projections", "http"],
         "machine": machine,
         "settings": settings,
         "rows": [_row_json(r) for r in rows],
