@@ -79,6 +79,7 @@ async def set_tenant(conn: asyncpg.Connection, tenant_id: UUID) -> None:
 
 
 _TENANT_FUNCTIONS = frozenset({"append_batch"})
+_CREDENTIAL_FUNCTIONS = {"session": "session_principal", "apikey": "api_key_principal"}
 
 
 async def call_in_tenant(
@@ -100,3 +101,27 @@ async def call_in_tenant(
         f"LATERAL {function}(t.tenant::uuid, {params}) AS r"
     )
     return await pool.fetchval(sql, str(tenant_id), *args)
+
+
+async def call_for_credential(
+    pool: asyncpg.Pool, kind: str, token_hash: bytes, *args: object
+) -> tuple[UUID | None, object]:
+    """Find a credential's tenant and call its principal function there, as ONE statement.
+
+    As in :func:`call_in_tenant`, the tenant is set in a FROM item (here from the
+    SECURITY DEFINER ``credential_tenant``, which answers only for an exact hash)
+    before the function runs, and the function refuses any other tenant.
+    Returns (tenant id or None, the function's result).
+    """
+    function = _CREDENTIAL_FUNCTIONS[kind]
+    params = ", ".join(f"${i}" for i in range(3, len(args) + 3))
+    row = await pool.fetchrow(
+        "SELECT NULLIF(t.tenant, '')::uuid AS tenant, r FROM (SELECT set_config('app.tenant_id', "
+        "COALESCE(credential_tenant($1, $2)::text, ''), true) AS tenant) AS t, "
+        f"LATERAL {function}(NULLIF(t.tenant, '')::uuid, $2, {params}) AS r",
+        kind,
+        token_hash,
+        *args,
+    )
+    assert row is not None
+    return row["tenant"], row["r"]

@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
+import orjson
 
 from domain.audit import AuthEvent, FailureReason, anonymous_subject
 from domain.errors import (
@@ -39,7 +40,7 @@ from infra.credentials import (
     totp_match,
     totp_uri,
 )
-from infra.db import tenant_transaction
+from infra.db import call_for_credential, tenant_transaction
 from infra.eventstore import Actor
 from infra.identity import (
     IdentityContext,
@@ -433,53 +434,31 @@ class Sessions:
     # ---- every request -------------------------------------------------------------------
 
     async def authenticate(self, token: str) -> Principal:
-        """The principal of a session token, or UnauthenticatedError. Moves last_seen."""
+        """The principal of a session token, or UnauthenticatedError. Moves last_seen.
+
+        One statement (infra/sql/0015): the token's tenant, the session joined to
+        the account and the tenant's settings, and the last_seen update.
+        """
         if not _SESSION.fullmatch(token):
             raise UnauthenticatedError("no valid session")
-        ctx = self.ctx
-        token_hash = sha256(token)
-        tenant_id = await ctx.pool.fetchval("SELECT credential_tenant('session', $1)", token_hash)
-        if tenant_id is None:
+        tenant_id, raw = await call_for_credential(
+            self.ctx.pool, "session", sha256(token), self.ctx.now(), LAST_SEEN_GRANULARITY
+        )
+        if tenant_id is None or raw is None:
             raise UnauthenticatedError("no valid session")
-        now = ctx.now()
-        async with tenant_transaction(ctx.pool, tenant_id) as conn:
-            row = await conn.fetchrow(
-                "SELECT s.session_id, s.member_id, s.last_seen_at, s.authenticated_at, "
-                "s.idle_timeout, s.expires_at, a.role, a.active, a.totp_confirmed, "
-                "d.mfa_required FROM session s "
-                "JOIN account a ON a.tenant_id = s.tenant_id AND a.member_id = s.member_id "
-                "JOIN tenant_directory d ON d.tenant_id = s.tenant_id "
-                "WHERE s.tenant_id = $1 AND s.token_hash = $2 AND s.stage = 'full' "
-                "AND s.ended_at IS NULL",
-                tenant_id,
-                token_hash,
-            )
-            if (
-                row is None
-                or not row["active"]
-                or now >= row["expires_at"]
-                or now >= row["last_seen_at"] + row["idle_timeout"]
-            ):
-                raise UnauthenticatedError("no valid session")
-            if now - row["last_seen_at"] >= LAST_SEEN_GRANULARITY:
-                await conn.execute(
-                    "UPDATE session SET last_seen_at = $3 WHERE tenant_id = $1 AND session_id = $2",
-                    tenant_id,
-                    row["session_id"],
-                    now,
-                )
-        role = Role(row["role"])
+        found = orjson.loads(str(raw))
+        role = Role(found["role"])
         permissions = effective_permissions(role, None)
-        if row["mfa_required"] and not row["totp_confirmed"]:
+        if found["mfa_required"] and not found["totp_confirmed"]:
             permissions = frozenset({Permission.ACCOUNT_SELF})
         return Principal(
             tenant_id=tenant_id,
-            member_id=row["member_id"],
+            member_id=UUID(found["member_id"]),
             role=role,
             permissions=permissions,
             kind="session",
-            credential_id=row["session_id"],
-            authenticated_at=row["authenticated_at"],
+            credential_id=UUID(found["credential_id"]),
+            authenticated_at=datetime.fromisoformat(found["authenticated_at"]),
         )
 
     # ---- the session's own commands ------------------------------------------------------

@@ -92,6 +92,8 @@ class Route:
     session_only: bool = False
     public: bool = False
     platform: bool = False
+    probe: bool = False
+    """A health or metrics probe: public and not rate-limited."""
 
     @property
     def id(self) -> str:
@@ -113,6 +115,7 @@ class Route:
             platform=self.platform,
             step_up=self.step_up,
             session_only=self.needs_session,
+            rate_limited=not self.probe,
         )
 
     def path(self, params: Mapping[str, str]) -> str:
@@ -328,9 +331,9 @@ SELF = Permission.ACCOUNT_SELF
 
 ROUTES: tuple[Route, ...] = (
     # public and platform
-    Route("GET", "/health/live", 200, _as_is, public=True),
-    Route("GET", "/health/ready", 200, _as_is, public=True),
-    Route("GET", "/metrics", 200, _as_is, public=True),
+    Route("GET", "/health/live", 200, _as_is, public=True, probe=True),
+    Route("GET", "/health/ready", 200, _as_is, public=True, probe=True),
+    Route("GET", "/metrics", 200, _as_is, public=True, probe=True),
     Route("POST", "/v1/invites/accept", 200, _accept, public=True),
     Route("POST", "/v1/auth/login", 200, _login, public=True),
     Route("POST", "/v1/auth/mfa", 200, _mfa_completion, public=True),

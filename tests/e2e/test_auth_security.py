@@ -862,7 +862,7 @@ async def test_an_api_key_with_a_bad_checksum_is_refused_without_a_database_quer
     assert pool.asked == []
     with pytest.raises(AssertionError, match="the database was asked"):
         await offline.authenticate(key)  # a well-formed key does reach the database
-    assert pool.asked == ["fetchval"]
+    assert len(pool.asked) == 1  # one statement finds and checks the key
 
     for bad in mistyped:
         assert await _get(api, bad, "/v1/members") == 401
