@@ -32,20 +32,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 from uuid import UUID
 
 import asyncpg
+import orjson
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from infra import metrics
 from infra.broker import STREAM_NAME, SUBJECT_PREFIX, Broker
 from infra.db import tenant_transaction
-from infra.eventstore import ERASED, EventStore, RecordedEvent
+from infra.eventstore import ERASED, LEAF_FORMAT_VERSION, EventStore, RecordedEvent
 from projections.base import Event, Projection
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,15 @@ class HandlerFailedError(Exception):
         self.seq = seq
         self.event_type = event_type
         self.cause = cause
+
+
+class BatchFailedError(Exception):
+    """A projection's ``apply_batch`` raised for a page: the transaction must be rolled
+    back and the page applied again one event at a time, which names the failing one."""
+
+
+Transactions = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
+"""Opens a transaction of one tenant (or a savepoint inside one) per call."""
 
 
 def describe(error: BaseException) -> str:
@@ -104,6 +115,44 @@ def to_projection_event(tenant_id: UUID, recorded: RecordedEvent) -> Event:
     )
 
 
+async def projection_events(
+    store: EventStore, conn: asyncpg.Connection, tenant_id: UUID, rows: Sequence[asyncpg.Record]
+) -> list[Event]:
+    """``event_log`` rows (seq, leaf, leaf_hash, chain_hash) as projection events.
+
+    A leaf of the current format without personal fields is read here, only for what an
+    :class:`Event` holds (no event id, correlation or hashes to parse); the others go
+    through ``store.decode``, which decrypts personal fields. Both give the same Event.
+    """
+    events: list[Event | None] = []
+    sealed: list[asyncpg.Record] = []
+    for row in rows:
+        leaf = orjson.loads(row["leaf"])
+        if leaf["pii"] or leaf["v"] != LEAF_FORMAT_VERSION:
+            sealed.append(row)
+            events.append(None)
+            continue
+        actor = leaf["actor"]
+        events.append(
+            Event(
+                tenant_id,
+                row["seq"],
+                leaf["stream"],
+                leaf["version"],
+                leaf["type"],
+                datetime.fromisoformat(leaf["ts"]),
+                actor["kind"],
+                actor["id"],
+                leaf["data"],
+                {},
+            )
+        )
+    if not sealed:
+        return cast(list[Event], events)
+    decoded = iter(await store.decode(conn, tenant_id, sealed))
+    return [to_projection_event(tenant_id, next(decoded)) if e is None else e for e in events]
+
+
 class Applier:
     """Applies a tenant's next events to one copy (schema) of a projection."""
 
@@ -115,66 +164,101 @@ class Applier:
         self.schema = schema or projection.schema
         self.live = self.schema == projection.schema
         self._search_path = f'"{self.schema}", public'
+        self._handles = sorted(projection.handles)
+        position = f'"{self.schema}".position'
+        # One round trip: point search_path at this copy (for the projector's unqualified
+        # names), lock the position row, and read the events after it. The lock is taken
+        # in a CTE of its own, so the events are read from the position as locked (after
+        # waiting for a concurrent transaction, its committed position). Leaves only for
+        # the handled types: the others only move the position.
+        self._read = f"""
+            WITH pos AS MATERIALIZED (
+                SELECT last_seq, parked_seq, set_config('search_path', $5, true)
+                FROM {position} WHERE tenant_id = $1 FOR UPDATE
+            )
+            SELECT pos.last_seq, pos.parked_seq, e.seq, e.event_type, e.recorded_at,
+                e.leaf, e.leaf_hash, e.chain_hash
+            FROM pos LEFT JOIN LATERAL (
+                SELECT l.seq, l.event_type, l.recorded_at, l.leaf_hash, l.chain_hash,
+                    CASE WHEN l.event_type = ANY($4::text[]) THEN l.leaf END AS leaf
+                FROM public.event_log l
+                WHERE l.tenant_id = $1 AND pos.parked_seq IS NULL AND l.seq > pos.last_seq
+                    AND l.seq <= LEAST($2::bigint, pos.last_seq + $3::bigint)
+            ) e ON true
+            ORDER BY e.seq
+        """
+        self._create = f"INSERT INTO {position} (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING"
+        # Moving the position and notifying waiters (live copy only): one statement.
+        self._move = (
+            f"UPDATE {position} SET last_seq = $2, last_ts = $3, updated_at = now() "
+            "WHERE tenant_id = $1"
+        )
+        if self.live:
+            self._move += " RETURNING pg_notify($4, $5)"
 
     async def enter(self, conn: asyncpg.Connection) -> None:
         """Point unqualified names at this copy for the rest of the transaction."""
         await conn.execute("SELECT set_config('search_path', $1, true)", self._search_path)
 
+    async def apply_in(
+        self, transactions: Transactions, tenant_id: UUID, target: int, page: int
+    ) -> Page:
+        """:meth:`apply_page` in a transaction of its own. If the projection's batch
+        raises, that transaction is rolled back and the page applied again in a new one,
+        event by event: a :class:`HandlerFailedError` then names the failing event."""
+        try:
+            async with transactions() as conn:
+                return await self.apply_page(conn, tenant_id, target, page)
+        except BatchFailedError:
+            async with transactions() as conn:
+                return await self.apply_page(conn, tenant_id, target, page, batched=False)
+
     async def apply_page(
-        self, conn: asyncpg.Connection, tenant_id: UUID, target: int, page: int
+        self,
+        conn: asyncpg.Connection,
+        tenant_id: UUID,
+        target: int,
+        page: int,
+        *,
+        batched: bool = True,
     ) -> Page:
         """In ``conn``'s tenant transaction: apply events after the position, up to
-        ``target`` and at most ``page`` of them; move the position. Raises
-        :class:`HandlerFailedError` (the caller must roll back)."""
-        await self.enter(conn)
-        row = await conn.fetchrow(
-            "SELECT last_seq, parked_seq FROM position WHERE tenant_id = $1 FOR UPDATE", tenant_id
-        )
-        if row is None:
-            await conn.execute(
-                "INSERT INTO position (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING", tenant_id
-            )
-            row = await conn.fetchrow(
-                "SELECT last_seq, parked_seq FROM position WHERE tenant_id = $1 FOR UPDATE",
-                tenant_id,
-            )
-        assert row is not None
-        last: int = row["last_seq"]
-        if row["parked_seq"] is not None:
+        ``target`` and at most ``page`` of them; move the position. The handled events
+        go to the projection's ``apply_batch`` (``batched``; ``apply`` for only one) or
+        one by one to ``apply``. Raises :class:`HandlerFailedError` for an event that
+        failed, :class:`BatchFailedError` for a batch that did (the caller must roll
+        back either way)."""
+        args = (tenant_id, target, page, self._handles, self._search_path)
+        rows = await conn.fetch(self._read, *args)
+        if not rows:  # the tenant's first page: no position row yet
+            await conn.execute(self._create, tenant_id)
+            rows = await conn.fetch(self._read, *args)
+        last: int = rows[0]["last_seq"]
+        if rows[0]["parked_seq"] is not None:
             return Page(last, last, parked=True)
-        if last >= target:
-            return Page(last, last)
-        rows = await conn.fetch(
-            "SELECT seq, event_type, recorded_at, leaf, leaf_hash, chain_hash "
-            "FROM public.event_log "
-            "WHERE tenant_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
-            tenant_id,
-            last,
-            min(target, last + page),
-        )
-        if not rows:
+        if rows[0]["seq"] is None:  # nothing after the position, up to the target
             return Page(last, last)
         handles = self.projection.handles
         wanted = [r for r in rows if r["event_type"] in handles]
-        for recorded in await self.store.decode(conn, tenant_id, wanted):
+        events = await projection_events(self.store, conn, tenant_id, wanted)
+        if batched and len(events) > 1:
             try:
-                await self.projection.apply(conn, to_projection_event(tenant_id, recorded))
+                await self.projection.apply_batch(conn, events)
             except Exception as e:
-                raise HandlerFailedError(recorded.seq, recorded.type, e) from e
+                raise BatchFailedError(
+                    f"{self.projection.name}: a batch of {len(events)} events failed"
+                ) from e
+        else:
+            for event in events:
+                try:
+                    await self.projection.apply(conn, event)
+                except Exception as e:
+                    raise HandlerFailedError(event.seq, event.type, e) from e
         new_last: int = rows[-1]["seq"]
+        notify = (NOTIFY_CHANNEL, f"{self.projection.name} {tenant_id} {new_last}")
         await conn.execute(
-            "UPDATE position SET last_seq = $2, last_ts = $3, updated_at = now() "
-            "WHERE tenant_id = $1",
-            tenant_id,
-            new_last,
-            rows[-1]["recorded_at"],
+            self._move, tenant_id, new_last, rows[-1]["recorded_at"], *(notify if self.live else ())
         )
-        if self.live:
-            await conn.execute(
-                "SELECT pg_notify($1, $2)",
-                NOTIFY_CHANNEL,
-                f"{self.projection.name} {tenant_id} {new_last}",
-            )
         return Page(last, new_last, first_ts=rows[0]["recorded_at"])
 
     async def park(
@@ -254,7 +338,7 @@ class ProjectionRunner:
         broker: Broker,
         projection: Projection,
         *,
-        fetch_batch: int = 512,
+        fetch_batch: int = 2000,
         page: int = 1000,
         max_attempts: int = 5,
         backoff: float = 0.05,
@@ -275,6 +359,11 @@ class ProjectionRunner:
         self._retries: dict[UUID, _Retry] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._last_sweep: dict[UUID, int] = {}
+        self._reached: dict[UUID, int] = {}
+        """Per tenant, a position this runner knows committed: a message for a seq at or
+        below it is a duplicate, acknowledged without a transaction. Positions only move
+        forward, except when a rebuild parks a tenant lower; the sweep then refreshes it
+        from the database (and a parked partition applies nothing anyway)."""
 
     @property
     def durable(self) -> str:
@@ -352,13 +441,16 @@ class ProjectionRunner:
             tenant_id, seq = parsed
             targets[tenant_id] = max(targets.get(tenant_id, 0), seq)
             announced[tenant_id] = announced.get(tenant_id, 0) + 1
+        for tenant_id in [t for t, s in targets.items() if s <= self._reached.get(t, 0)]:
+            del targets[tenant_id]  # duplicates only: nothing to read
+            metrics.DUPLICATES.labels(self._projection.name).inc(announced[tenant_id])
         outcomes = await asyncio.gather(
             *(self._advance_announced(t, s, announced[t]) for t, s in targets.items())
         )
-        ok = {t for t, done in zip(targets, outcomes, strict=True) if done}
+        failed = {t for t, done in zip(targets, outcomes, strict=True) if not done}
         for msg, parsed in zip(messages, parsed_all, strict=True):
             try:
-                if parsed is None or parsed[0] in ok:
+                if parsed is None or parsed[0] not in failed:
                     await msg.ack()
                 else:
                     await msg.nak(delay=1.0)
@@ -397,7 +489,11 @@ class ProjectionRunner:
         failing one.
         """
         lock = self._locks.setdefault(tenant_id, asyncio.Lock())
-        async with self._slots, lock:
+        # The tenant's lock first: waiting for it does not hold a slot other tenants need.
+        async with lock, self._slots:
+            reached = self._reached.get(tenant_id, 0)
+            if reached >= target:  # known applied (a message's duplicate, a sweep's late)
+                return reached, reached
             first: int | None = None
             while True:
                 try:
@@ -412,8 +508,10 @@ class ProjectionRunner:
                     return first, page.after
 
     async def _apply_one_page(self, tenant_id: UUID, target: int) -> Page:
-        async with tenant_transaction(self._pool, tenant_id) as conn:
-            page = await self._applier.apply_page(conn, tenant_id, target, self._page)
+        page = await self._applier.apply_in(
+            lambda: tenant_transaction(self._pool, tenant_id), tenant_id, target, self._page
+        )
+        self._reached[tenant_id] = max(self._reached.get(tenant_id, 0), page.after)
         name = self._projection.name
         if page.after > page.before:
             metrics.PROJECTED.labels(name).inc(page.after - page.before)
@@ -499,17 +597,24 @@ class ProjectionRunner:
         metrics.LAG_EVENTS.labels(name).set(sum(p.lag for p in behind))
         if not any(p.lag for p in behind if p.parked_seq is None):
             metrics.LAG_SECONDS.labels(name).set(0)
+        for p in behind:  # what the database says: a rebuild may have parked one lower
+            self._reached[p.tenant_id] = p.position
         stalled = [
             p
             for p in behind
             if p.parked_seq is None
             and p.lag > 0
             and p.tenant_id not in self._retries
+            and not self._busy(p.tenant_id)  # being applied now: not stalled
             and (not patient or self._last_sweep.get(p.tenant_id) == p.position)
         ]
         self._last_sweep = {p.tenant_id: p.position for p in behind}
         await asyncio.gather(*(self._catch_up(p) for p in stalled))
         return len(stalled)
+
+    def _busy(self, tenant_id: UUID) -> bool:
+        lock = self._locks.get(tenant_id)
+        return lock is not None and lock.locked()
 
     async def _catch_up(self, partition: Partition) -> None:
         try:

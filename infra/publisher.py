@@ -2,7 +2,7 @@
 
 The appending process publishes each committed batch at once (``Publisher``,
 a commit listener of the event store): async publishes, acknowledgements
-awaited in the background, and every half second the tenant's
+awaited in the background, and every second the tenant's
 ``relay_cursor`` is moved over the ranges that were acknowledged, if they
 continue it. Nothing here ever delays or fails an append.
 
@@ -41,6 +41,7 @@ from infra.eventstore import Committed
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT: Final = 10.0
+FLUSH_CONCURRENCY: Final = 4
 MAX_QUEUED_EVENTS: Final = 200_000
 
 
@@ -65,6 +66,24 @@ async def publish_events(
     ]
 
 
+# One statement: a tenant's first range creates its cursor at the range's end (no
+# cursor reads as 0, which the range continues); otherwise the cursor moves if the
+# range continues it. The answer: the cursor as moved, or as it stands.
+_ADVANCE_CURSOR: Final = """
+    WITH created AS (
+        INSERT INTO relay_cursor (tenant_id, published_seq)
+        SELECT $1, $3::bigint WHERE $2::bigint = 1
+        ON CONFLICT (tenant_id) DO NOTHING RETURNING published_seq
+    ), moved AS (
+        UPDATE relay_cursor SET published_seq = $3::bigint, updated_at = now()
+        WHERE tenant_id = $1 AND published_seq >= $2::bigint - 1 AND published_seq < $3::bigint
+        RETURNING published_seq
+    )
+    SELECT COALESCE((SELECT published_seq FROM created), (SELECT published_seq FROM moved),
+        (SELECT published_seq FROM relay_cursor WHERE tenant_id = $1))
+"""
+
+
 async def advance_cursor(pool: asyncpg.Pool, tenant_id: UUID, first: int, last: int) -> bool:
     """Move the tenant's cursor to ``last`` if it is at ``first - 1`` or beyond.
 
@@ -73,26 +92,13 @@ async def advance_cursor(pool: asyncpg.Pool, tenant_id: UUID, first: int, last: 
     already there).
     """
     async with tenant_transaction(pool, tenant_id) as conn:
-        if first == 1:
-            await conn.execute(
-                "INSERT INTO relay_cursor (tenant_id, published_seq) VALUES ($1, 0) "
-                "ON CONFLICT (tenant_id) DO NOTHING",
-                tenant_id,
-            )
-        current = await conn.fetchval(
-            "UPDATE relay_cursor SET published_seq = $3, updated_at = now() "
-            "WHERE tenant_id = $1 AND published_seq >= $2 - 1 AND published_seq < $3 "
-            "RETURNING published_seq",
-            tenant_id,
-            first,
-            last,
-        )
-        if current is not None:
-            return True
-        reached = await conn.fetchval(
-            "SELECT published_seq FROM relay_cursor WHERE tenant_id = $1", tenant_id
-        )
-        return reached is not None and reached >= last
+        return await _advance_cursor(conn, tenant_id, first, last)
+
+
+async def _advance_cursor(conn: asyncpg.Connection, tenant_id: UUID, first: int, last: int) -> bool:
+    """:func:`advance_cursor` in ``conn``'s transaction of ``tenant_id``."""
+    reached = await conn.fetchval(_ADVANCE_CURSOR, tenant_id, first, last)
+    return reached is not None and int(reached) >= last
 
 
 @dataclass(slots=True)
@@ -105,7 +111,7 @@ class _Acked:
 class Publisher:
     """Publishes what this process commits, right after the commit (see module doc)."""
 
-    def __init__(self, broker: Broker, pool: asyncpg.Pool, *, flush_interval: float = 0.5):
+    def __init__(self, broker: Broker, pool: asyncpg.Pool, *, flush_interval: float = 1.0):
         self._broker = broker
         self._pool = pool
         self._flush_interval = flush_interval
@@ -187,26 +193,49 @@ class Publisher:
                 log.warning("could not record published positions (%s)", type(e).__name__)
 
     async def flush(self) -> None:
-        """Move the cursors over acknowledged ranges that continue them."""
-        for tenant_id in list(self._acked):
-            acked = self._acked[tenant_id]
-            # Take the ranges now: acknowledgements keep arriving during the awaits below.
-            taken, acked.ranges = acked.ranges, []
-            merged: list[tuple[int, int]] = []
-            for first, last in sorted(taken):
-                if merged and first <= merged[-1][1] + 1:
-                    merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
-                else:
-                    merged.append((first, last))
-            left = []
-            for first, last in merged:
-                if not await advance_cursor(self._pool, tenant_id, first, last):
-                    left.append((first, last))
-            acked.age = acked.age + 1 if left else 0
-            if left and acked.age <= 60:  # a gap nobody filled for 30 s is the relay's job
-                acked.ranges.extend(left)
-            if not acked.ranges:
-                del self._acked[tenant_id]
+        """Move the cursors over acknowledged ranges that continue them (a few tenants
+        at a time, one transaction each); raises the first error, once every tenant
+        was tried."""
+        tenants = list(self._acked)
+
+        async def flush_some() -> None:
+            while tenants:
+                await self._flush_tenant(tenants.pop())
+
+        outcomes = await asyncio.gather(
+            *(flush_some() for _ in range(min(FLUSH_CONCURRENCY, len(tenants)))),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _flush_tenant(self, tenant_id: UUID) -> None:
+        acked = self._acked.get(tenant_id)
+        if acked is None:
+            return
+        # Take the ranges now: acknowledgements keep arriving during the awaits below.
+        taken, acked.ranges = acked.ranges, []
+        merged: list[tuple[int, int]] = []
+        for first, last in sorted(taken):
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
+            else:
+                merged.append((first, last))
+        left = []
+        try:
+            async with tenant_transaction(self._pool, tenant_id) as conn:  # one per tenant
+                for first, last in merged:
+                    if not await _advance_cursor(conn, tenant_id, first, last):
+                        left.append((first, last))
+        except BaseException:
+            acked.ranges.extend(merged)  # rolled back: the next flush tries them again
+            raise
+        acked.age = acked.age + 1 if left else 0
+        if left and acked.age * self._flush_interval <= 30.0:
+            acked.ranges.extend(left)  # a gap nobody filled for 30 s is the relay's job
+        if not acked.ranges:
+            del self._acked[tenant_id]
 
 
 class Relay:
@@ -221,6 +250,7 @@ class Relay:
         interval: float = 1.0,
         page: int = 1000,
         tenants_per_scan: int = 500,
+        concurrency: int = 4,
     ) -> None:
         self._pool = pool
         self._broker = broker
@@ -228,6 +258,7 @@ class Relay:
         self._interval = interval
         self._page = page
         self._tenants_per_scan = tenants_per_scan
+        self._concurrency = concurrency
 
     async def run(self) -> None:
         """Scan and publish until cancelled."""
@@ -242,56 +273,93 @@ class Relay:
             await asyncio.sleep(self._interval)
 
     async def relay_once(self, js: JetStreamContext, *, idle: timedelta | None = None) -> int:
-        """One pass over the backlog; returns the number of events published."""
+        """One pass over the backlog; returns the number of events published. A few
+        tenants at a time, each one's events in order; the first error ends the pass."""
         rows = await self._pool.fetch(
             "SELECT tenant_id, size, published_seq FROM relay_backlog($1, $2)",
             self._idle if idle is None else idle,
             self._tenants_per_scan,
         )
         metrics.RELAY_BACKLOG.set(sum(r["size"] - r["published_seq"] for r in rows))
-        published = 0
-        for r in rows:
-            published += await self._relay_tenant(js, r["tenant_id"], r["published_seq"], r["size"])
-        return published
+        slots = asyncio.Semaphore(self._concurrency)
+
+        async def relay(r: asyncpg.Record) -> int:
+            async with slots:
+                return await self._relay_tenant(js, r["tenant_id"], r["published_seq"], r["size"])
+
+        tasks = [asyncio.create_task(relay(r)) for r in rows]
+        if not tasks:
+            return 0
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()  # none left but after an error, or when cancelled
+            await asyncio.wait(tasks)
+        errors = [e for t in tasks if not t.cancelled() and (e := t.exception()) is not None]
+        if errors:
+            raise errors[0]
+        return sum(task.result() for task in tasks)
 
     async def _relay_tenant(
         self, js: JetStreamContext, tenant_id: UUID, published: int, size: int
     ) -> int:
+        """Publish the tenant's events after ``published`` up to ``size`` in order, a page
+        at a time: the next page is read and sent while the acknowledgements of the one
+        before arrive; the cursor moves over a page once all of it is acknowledged."""
         done = 0
-        while published < size:
-            async with tenant_transaction(self._pool, tenant_id, readonly=True) as conn:
-                rows = await conn.fetch(
-                    "SELECT seq, stream_id, event_type, leaf, chain_hash FROM event_log "
-                    "WHERE tenant_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
-                    tenant_id,
-                    published,
-                    min(size, published + self._page),
-                )
-            if not rows:
-                break
-            events = [
-                Committed(r["seq"], r["stream_id"], r["event_type"], r["leaf"], r["chain_hash"])
-                for r in rows
-            ]
-            futures = await publish_events(js, tenant_id, events)
-            try:
-                async with asyncio.timeout(ACK_TIMEOUT):
-                    await asyncio.gather(*futures)
-            except Exception:
-                for future in futures:
+        in_flight: tuple[list[asyncio.Future[Any]], int, int] | None = None
+        """The page sent last: its acknowledgements, its last seq, its size."""
+        try:
+            while published < size:
+                async with tenant_transaction(self._pool, tenant_id, readonly=True) as conn:
+                    rows = await conn.fetch(
+                        "SELECT seq, stream_id, event_type, leaf, chain_hash FROM event_log "
+                        "WHERE tenant_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+                        tenant_id,
+                        published,
+                        min(size, published + self._page),
+                    )
+                if not rows:
+                    break
+                events = [
+                    Committed(r["seq"], r["stream_id"], r["event_type"], r["leaf"], r["chain_hash"])
+                    for r in rows
+                ]
+                futures = await publish_events(js, tenant_id, events)
+                before, in_flight = in_flight, (futures, events[-1].seq, len(events))
+                if before is not None:
+                    done += await self._acknowledged(tenant_id, *before)
+                published = events[-1].seq
+            if in_flight is not None:
+                before, in_flight = in_flight, None
+                done += await self._acknowledged(tenant_id, *before)
+        finally:
+            if in_flight is not None:  # failed: what is still in flight is not waited for
+                for future in in_flight[0]:
                     future.cancel()
-                metrics.PUBLISH_FAILURES.labels("relay").inc()
-                raise
-            metrics.EVENTS_PUBLISHED.labels("relay").inc(len(events))
-            async with tenant_transaction(self._pool, tenant_id) as conn:
-                await conn.execute(
-                    "INSERT INTO relay_cursor (tenant_id, published_seq) VALUES ($1, $2) "
-                    "ON CONFLICT (tenant_id) DO UPDATE SET published_seq = "
-                    "GREATEST(relay_cursor.published_seq, EXCLUDED.published_seq), "
-                    "updated_at = now()",
-                    tenant_id,
-                    events[-1].seq,
-                )
-            published = events[-1].seq
-            done += len(events)
         return done
+
+    async def _acknowledged(
+        self, tenant_id: UUID, futures: list[asyncio.Future[Any]], last: int, count: int
+    ) -> int:
+        """Wait for a page's acknowledgements, then move the cursor over it."""
+        try:
+            async with asyncio.timeout(ACK_TIMEOUT):
+                await asyncio.gather(*futures)
+        except Exception:
+            for future in futures:
+                future.cancel()
+            metrics.PUBLISH_FAILURES.labels("relay").inc()
+            raise
+        metrics.EVENTS_PUBLISHED.labels("relay").inc(count)
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            await conn.execute(
+                "INSERT INTO relay_cursor (tenant_id, published_seq) VALUES ($1, $2) "
+                "ON CONFLICT (tenant_id) DO UPDATE SET published_seq = "
+                "GREATEST(relay_cursor.published_seq, EXCLUDED.published_seq), "
+                "updated_at = now()",
+                tenant_id,
+                last,
+            )
+        return count

@@ -20,7 +20,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -28,7 +28,13 @@ import asyncpg
 
 from infra.db import APP_ROLE, SERVER_SETTINGS, set_tenant, tenant_transaction
 from infra.eventstore import EventStore
-from infra.projector import NOTIFY_CHANNEL, POSITION_DDL, Applier, HandlerFailedError
+from infra.projector import (
+    NOTIFY_CHANNEL,
+    POSITION_DDL,
+    Applier,
+    HandlerFailedError,
+    Transactions,
+)
 from projections.base import Projection
 
 PAGE = 1000
@@ -251,9 +257,6 @@ async def _heads(owner: asyncpg.Connection, tenant_id: UUID | None) -> dict[UUID
     return {r["tenant_id"]: r["size"] for r in rows}
 
 
-Transactions = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
-
-
 async def _build_tenant(
     transactions: Transactions,
     applier: Applier,
@@ -269,11 +272,12 @@ async def _build_tenant(
     """
     while True:
         try:
-            async with transactions() as conn:
-                page = await applier.apply_page(conn, tenant_id, size, PAGE)
+            page = await applier.apply_in(transactions, tenant_id, size, PAGE)
         except HandlerFailedError as failure:
             async with transactions() as conn:
-                page = await applier.apply_page(conn, tenant_id, failure.seq - 1, PAGE)
+                page = await applier.apply_page(
+                    conn, tenant_id, failure.seq - 1, PAGE, batched=False
+                )
                 built.add(page.after - page.before)
                 await applier.park(conn, tenant_id, failure, 1)
             parked.add(tenant_id)

@@ -5,9 +5,12 @@ uses unqualified names; the framework (infra/readmodels.py) creates them in the
 schema with a ``position`` table beside them, turns on row-level security for
 every one of them (each must have a ``tenant_id`` column leading its primary
 key), and grants the app role what it needs. The runner (infra/projector.py)
-calls ``apply`` for every event of a handled type, in order, inside the tenant's
-transaction, with ``search_path`` set to the schema; the same transaction moves
-the position. Events of other types only move the position.
+calls ``apply_batch`` with a page's events of handled types (in order; ``apply``
+for a page with one), inside the tenant's transaction, with ``search_path`` set to
+the schema; the same transaction moves the position. Events of other types only
+move the position. ``apply_batch`` loops over ``apply`` unless a projection
+overrides it with set-based SQL; if it raises, the runner rolls the page back and
+applies it again one event at a time, to find the failing event.
 
 A projector must be deterministic and must not fail on any event the log can
 hold: a raise parks the tenant's partition until an operator looks at it.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -71,6 +74,16 @@ class Projection(ABC):
     @abstractmethod
     async def apply(self, conn: asyncpg.Connection, event: Event) -> None:
         """Update the read model for one event (the position is moved by the caller)."""
+
+    async def apply_batch(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
+        """Update the read model for consecutive events of one tenant, in order.
+
+        An override must leave exactly the rows that ``apply`` would, one event after
+        the other, and must raise when ``apply`` would raise for any of them (it need
+        not say which: the runner then rolls back and calls ``apply`` one at a time).
+        """
+        for event in events:
+            await self.apply(conn, event)
 
 
 def schema_for(name: str) -> str:

@@ -6,8 +6,10 @@ once the member's data subject is erased and the directory is rebuilt.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -84,6 +86,83 @@ class MembersProjection(Projection):
         if status != "UPDATE 1":
             raise LookupError(f"seq {event.seq}: no member row to update")
 
+    async def apply_batch(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
+        """The page folded per member in Python, then ONE statement: the members invited
+        in the page are inserted as they end up, the others updated to how they end up.
+        Raises where ``apply`` would: an invite of a member who exists (the insert
+        violates the key; twice in the page: here), a change of one who does not (fewer
+        rows updated than members changed), a missing or null role."""
+        if not events:
+            return
+        invited: dict[UUID, list[Any]] = {}
+        """member -> [email, role, active, invited_at, updated_at, version]"""
+        changed: dict[UUID, list[Any]] = {}
+        """member -> [role or None, active or None, updated_at, version]"""
+        ids: dict[str, UUID] = {}
+        for event in events:
+            member_id = ids.get(event.stream)
+            if member_id is None:
+                member_id = ids[event.stream] = UUID(event.entity_id)
+            match event.type:
+                case "member.invited":
+                    if member_id in invited or member_id in changed:
+                        raise LookupError(f"seq {event.seq}: member row exists already")
+                    invited[member_id] = [
+                        event.personal.get("email"),
+                        event.data["role"],
+                        True,
+                        event.ts,
+                        event.ts,
+                        event.version,
+                    ]
+                    continue
+                case "member.role_changed":
+                    role = event.data["role"]
+                    if role is None:
+                        raise ValueError(f"seq {event.seq}: role is null")
+                    column, value = 0, role
+                case "member.deactivated":
+                    column, value = 1, False
+                case "member.reactivated":
+                    column, value = 1, True
+                case _:
+                    continue
+            row = invited.get(member_id)
+            if row is not None:  # invited earlier in this page: fold into the insert
+                row[column + 1], row[4], row[5] = value, event.ts, event.version
+                continue
+            row = changed.setdefault(member_id, [None, None, None, None])
+            row[column], row[2], row[3] = value, event.ts, event.version
+        new, old = list(invited.values()), list(changed.values())
+        updated = await conn.fetchval(
+            _APPLY_BATCH,
+            events[0].tenant_id,
+            list(invited),
+            *([r[i] for r in new] for i in range(6)),
+            list(changed),
+            *([r[i] for r in old] for i in range(4)),
+        )
+        if updated != len(changed):
+            raise LookupError(f"seqs {events[0].seq}-{events[-1].seq}: a member row is missing")
+
+
+_APPLY_BATCH = """
+    WITH inserted AS (
+        INSERT INTO members_view
+            (tenant_id, member_id, email, role, active, invited_at, updated_at, version)
+        SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::boolean[],
+            $6::timestamptz[], $7::timestamptz[], $8::integer[])
+    ), updated AS (
+        UPDATE members_view m SET role = COALESCE(c.role, m.role),
+            active = COALESCE(c.active, m.active), updated_at = c.updated_at,
+            version = c.version
+        FROM unnest($9::uuid[], $10::text[], $11::boolean[], $12::timestamptz[],
+            $13::integer[]) AS c (member_id, role, active, updated_at, version)
+        WHERE m.tenant_id = $1 AND m.member_id = c.member_id
+        RETURNING 1
+    )
+    SELECT count(*) FROM updated
+"""
 
 _COLUMNS = "member_id, email, role, active, invited_at, updated_at, version"
 _TABLE = f"{MembersProjection().schema}.members_view"

@@ -10,6 +10,7 @@ own schema and its own durable consumer; every test uses fresh tenants.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,10 +26,17 @@ from domain.member import Member
 from infra.broker import Broker, subject_for
 from infra.db import tenant_transaction
 from infra.embedded import EmbeddedNats
-from infra.eventstore import Committed, EventStore, RecordedEvent
+from infra.eventstore import Committed, EventStore, NewEvent, RecordedEvent
 from infra.keyring import Keyring
 from infra.positions import PositionTimeoutError, PositionWaiter
-from infra.projector import ProjectionRunner, partitions, unpark
+from infra.projector import (
+    Applier,
+    HandlerFailedError,
+    ProjectionRunner,
+    partitions,
+    to_projection_event,
+    unpark,
+)
 from infra.publisher import Relay, advance_cursor, publish_events
 from infra.readmodels import ensure_projections, rebuild
 from infra.repository import EventRegistry, Repository
@@ -36,6 +44,7 @@ from projections.base import Event, Projection
 from projections.members import MembersProjection
 from tests.conftest import Database
 from tests.integration.pipeline import (
+    ACTOR,
     DEADLINE,
     PROBE,
     AppliedProjection,
@@ -517,6 +526,110 @@ async def test_a_poison_event_parks_only_its_tenant_until_it_is_unparked(
         )
         assert await applied(pool, projection, sick) == exactly_once(sick_last)
         assert projection.poison_calls == 3
+
+
+# ---- 5b. batches ------------------------------------------------------------------------
+
+
+async def members_rows(pool: asyncpg.Pool, tenant: UUID) -> dict[UUID, tuple[Any, ...]]:
+    """Every column of the tenant's members_view rows but the tenant, by member."""
+    async with tenant_transaction(pool, tenant, readonly=True) as conn:
+        rows = await conn.fetch(
+            "SELECT * FROM proj_members.members_view WHERE tenant_id = $1", tenant
+        )
+    return {r["member_id"]: tuple(v for k, v in r.items() if k != "tenant_id") for r in rows}
+
+
+async def test_the_members_batch_leaves_exactly_the_rows_of_one_event_at_a_time(
+    pool: asyncpg.Pool, store: EventStore
+) -> None:
+    members = MembersProjection()
+    source = uuid4()
+    repo = Repository(store, EventRegistry([Member]))
+    workload = MemberWorkload(repo, store, source, random.Random(31), with_probes=False)
+    await workload.steps(80)
+    events = [
+        to_projection_event(source, e)
+        for e in await read_all(store, source)
+        if e.type in members.handles
+    ]
+    assert {e.type for e in events} == members.handles
+    applier = Applier(store, members)  # only for its search_path
+
+    one, batched = uuid4(), uuid4()  # the same events, applied as two other tenants'
+    async with tenant_transaction(pool, one) as conn:
+        await applier.enter(conn)
+        for event in events:
+            await members.apply(conn, dataclasses.replace(event, tenant_id=one))
+    rest = [dataclasses.replace(e, tenant_id=batched) for e in events]
+    rng = random.Random(5)
+    while rest:  # batches of every size: one event, a few, many changes of one member
+        size = rng.choice([1, 2, 3, 7, 40, len(rest)])
+        async with tenant_transaction(pool, batched) as conn:
+            await applier.enter(conn)
+            await members.apply_batch(conn, rest[:size])
+        rest = rest[size:]
+
+    expected = await members_rows(pool, one)
+    assert len(expected) == len(workload.members)
+    assert await members_rows(pool, batched) == expected
+
+    # Where apply raises, the batch raises: an invite of a member who exists, twice in
+    # one batch, and a change of a member who does not.
+    invite = next(e for e in events if e.type == "member.invited")
+    change = next(e for e in events if e.type == "member.role_changed")
+    for batch in (
+        [
+            dataclasses.replace(change, tenant_id=batched),
+            dataclasses.replace(invite, tenant_id=batched),
+        ],
+        [dataclasses.replace(invite, tenant_id=uuid4())] * 2,
+        [dataclasses.replace(change, tenant_id=one, stream=f"member-{uuid4()}")] * 2,
+    ):
+        async with tenant_transaction(pool, batch[0].tenant_id) as conn:
+            await applier.enter(conn)
+            with pytest.raises((LookupError, asyncpg.UniqueViolationError)):
+                await members.apply_batch(conn, batch)
+    assert await members_rows(pool, one) == expected
+
+
+async def test_a_poison_event_inside_a_batch_commits_the_events_before_it_and_parks_there(
+    pool: asyncpg.Pool, store: EventStore, database: Database
+) -> None:
+    members = MembersProjection()
+    tenant = uuid4()
+    repo = Repository(store, EventRegistry([Member]))
+    workload = MemberWorkload(repo, store, tenant, random.Random(41), with_probes=False)
+    await workload.steps(8)
+    ghost = f"member-{uuid4()}"  # changed, never invited: its row cannot be updated
+    poisoned = await store.append(
+        tenant,
+        [NewEvent(stream=ghost, type="member.role_changed", data={"role": "approver"})],
+        expected={ghost: None},
+        command_id=uuid4(),
+        actor=ACTOR,
+    )
+    poison = poisoned.last_seq
+    last = await workload.steps(8)
+
+    # The runner: one page holds every event; its batch fails, the page is applied again
+    # one event at a time, which names the poison; the events before it are committed.
+    runner = ProjectionRunner(pool, store, Broker("nats://127.0.0.1:1"), members)
+    with pytest.raises(HandlerFailedError) as failed:
+        await runner.advance(tenant, last)
+    assert (failed.value.seq, failed.value.event_type) == (poison, "member.role_changed")
+    assert isinstance(failed.value.cause, LookupError)
+    assert await position(pool, members, tenant) == Position(poison - 1, None, None)
+    model, folded = await members_and_log(pool, store, repo, tenant, poison - 1)
+    assert model == folded and model
+
+    # A rebuild parks the tenant at the poison, with the events before it applied.
+    report = await rebuild(database.owner_url, pool, store, members, tenant_id=tenant)
+    assert (report.parked, report.events) == ([tenant], poison - 1)
+    at = await position(pool, members, tenant)
+    assert (at.last_seq, at.parked_seq) == (poison - 1, poison)
+    assert at.parked_error is not None and at.parked_error.startswith("LookupError")
+    assert await members_and_log(pool, store, repo, tenant, poison - 1) == (model, folded)
 
 
 # ---- 6. rebuild while appends continue --------------------------------------------------
