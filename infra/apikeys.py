@@ -26,6 +26,7 @@ from infra.credentials import (
     new_api_key,
 )
 from infra.db import call_for_credential, tenant_transaction
+from infra.eventstore import Effect
 from infra.identity import IdentityContext, Principal, Written, effective_permissions, position_of
 
 LAST_USED_GRANULARITY = timedelta(seconds=60)
@@ -86,7 +87,7 @@ class ApiKeys:
         )
         return aggregate, key
 
-    def _insert(self, principal: Principal, aggregate: ApiKey, key: str) -> Any:
+    def _insert(self, principal: Principal, aggregate: ApiKey, key: str) -> Effect:
         now = self.ctx.now()
 
         async def insert(conn: asyncpg.Connection) -> None:

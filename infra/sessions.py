@@ -41,7 +41,7 @@ from infra.credentials import (
     totp_uri,
 )
 from infra.db import call_for_credential, tenant_transaction
-from infra.eventstore import Actor
+from infra.eventstore import Actor, Effect
 from infra.identity import (
     IdentityContext,
     Principal,
@@ -166,7 +166,7 @@ class Sessions:
                 now - timedelta(hours=2),
             )
 
-        subject = Member.stream_for(member_id) if member_id else anonymous_subject(tenant_id)
+        subject = _subject(tenant_id, member_id)
         await self.ctx.audit(
             tenant_id,
             event,
@@ -191,26 +191,24 @@ class Sessions:
         async with tenant_transaction(ctx.pool, tenant_id, readonly=True) as conn:
             email_key = await ctx.email_key(conn, tenant_id, email)
             row = await conn.fetchrow(_ACCOUNT_SQL + "e.email_key = $2", tenant_id, email_key)
+            throttled: RateLimitedError | None = None
             try:
                 await self._check_throttle(conn, tenant_id, email_key)
-            except RateLimitedError:
-                throttled = True
-            else:
-                throttled = False
+            except RateLimitedError as refused:
+                throttled = refused
         account = _account(row) if row else None
         member_id = account.member_id if account else None
         personal = {"email": email.strip()[:254], "ip": ip}
-        if throttled:
+        if throttled is not None:
             await ctx.audit(
                 tenant_id,
                 AuthEvent.LOGIN_FAILED,
                 {"member_id": str(member_id) if member_id else None, "reason": "throttled"},
                 actor=Actor("system", "anonymous"),
                 personal=personal,
-                subject=Member.stream_for(member_id) if member_id else anonymous_subject(tenant_id),
+                subject=_subject(tenant_id, member_id),
             )
-            async with tenant_transaction(ctx.pool, tenant_id, readonly=True) as conn:
-                await self._check_throttle(conn, tenant_id, email_key)
+            raise throttled
         ok = await ctx.hasher.verify(account.password_phc if account else None, password)
         if not ok or account is None or not account.active:
             reason = FailureReason.INACTIVE if ok else FailureReason.CREDENTIALS
@@ -289,7 +287,7 @@ class Sessions:
         rehash: str | None = None,
         ends: UUID | None = None,
         authenticated_at: datetime | None = None,
-    ) -> Any:
+    ) -> Effect:
         now = self.ctx.now()
 
         async def effect(conn: asyncpg.Connection) -> None:
@@ -748,6 +746,11 @@ class Sessions:
             principal.tenant_id, member, command_id=uuid4(), actor=principal.actor, effect=effect
         )
         return Written(position_of(result), {"recovery_codes": codes})
+
+
+def _subject(tenant_id: UUID, member_id: UUID | None) -> str:
+    """The data subject of an attempt's personal fields: the member, or the anonymous one."""
+    return Member.stream_for(member_id) if member_id else anonymous_subject(tenant_id)
 
 
 async def _store_password(
