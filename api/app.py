@@ -14,6 +14,7 @@ from api.access import PUBLIC, Access, AccessMiddleware
 from api.apikeys import ApiKeyController
 from api.auth import AccountController, AuthController
 from api.health import HealthController
+from api.ledger import LedgerController
 from api.members import InviteController, MemberController
 from api.metrics import MetricsController
 from api.middleware import add_security_headers
@@ -32,6 +33,7 @@ CONTROLLERS = [
     AuthController,
     AccountController,
     ApiKeyController,
+    LedgerController,
 ]
 
 MAX_BODY_BYTES = 1024 * 1024

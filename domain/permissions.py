@@ -29,7 +29,10 @@ class Permission(StrEnum):
     APIKEYS_MANAGE = "apikeys:manage"
     """List and revoke every member's API keys."""
     LEDGER_READ = "ledger:read"
-    """Checkpoints, receipts and proofs of the tenant log (the ledger issue)."""
+    """Checkpoints, receipts and proofs of the tenant log."""
+    EVENTS_READ = "events:read"
+    """The tenant log itself, a page at a time or as a live stream (personal fields
+    decrypted unless erased)."""
     REQUESTS_SUBMIT = "requests:submit"
     """Submit access requests (the governance issue)."""
     REQUESTS_APPROVE = "requests:approve"
@@ -45,7 +48,7 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission) - {P.REQUESTS_APPROVE},
     Role.APPROVER: _READ | {P.APIKEYS_ISSUE, P.REQUESTS_APPROVE},
     Role.REQUESTER: _READ | {P.APIKEYS_ISSUE, P.REQUESTS_SUBMIT},
-    Role.AUDITOR: _READ | {P.APIKEYS_ISSUE, P.LEDGER_READ},
+    Role.AUDITOR: _READ | {P.APIKEYS_ISSUE, P.LEDGER_READ, P.EVENTS_READ},
     Role.READONLY: _READ,
 }
 

@@ -73,3 +73,27 @@ HTTP_REQUEST_SECONDS: Final = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
+
+CHECKPOINTS_SIGNED: Final = Counter(
+    "strongroom_checkpoints_signed",
+    "Checkpoints the notary signed and stored.",
+)
+NOTARY_REFUSALS: Final = Counter(
+    "strongroom_notary_refusals",
+    "Times the notary refused to sign because the stored log does not extend its last "
+    "checkpoint (an alert: someone rewrote history), by reason code.",
+    ["reason"],
+)
+NOTARY_REFUSED_TENANTS: Final = Gauge(
+    "strongroom_notary_refused_tenants",
+    "Tenants the notary will not sign until an operator has investigated (this process).",
+)
+NOTARY_BACKLOG: Final = Gauge(
+    "strongroom_notary_backlog",
+    "Tenants whose log had grown past their latest checkpoint at the last round.",
+)
+COSIGNATURES: Final = Counter(
+    "strongroom_witness_cosignatures",
+    "Witness cosignatures attached to checkpoints, by witness key name.",
+    ["witness"],
+)

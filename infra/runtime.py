@@ -22,6 +22,7 @@ from infra.broker import Broker, StreamPolicy
 from infra.db import create_pool
 from infra.eventstore import EventStore
 from infra.keyring import Keyring
+from infra.notary import build_notary
 from infra.positions import PositionWaiter
 from infra.projector import ProjectionRunner
 from infra.publisher import Publisher, Relay
@@ -56,6 +57,8 @@ class Workers:
 
     relay: bool = False
     projections: tuple[Projection, ...] = ()
+    notary: bool = False
+    """Sign checkpoints; needs the notary key in the settings."""
 
 
 @dataclass(slots=True)
@@ -105,6 +108,9 @@ class Runtime:
         for projection in workers.projections:
             runner = ProjectionRunner(pool, store, broker, projection)
             runtime.tasks.append(asyncio.create_task(runner.run()))
+        if workers.notary:
+            notary = build_notary(settings, pool, store)
+            runtime.tasks.append(asyncio.create_task(notary.run(settings.notary_interval)))
         return runtime
 
     async def readiness(self) -> dict[str, bool]:

@@ -58,6 +58,15 @@ class Settings:
     """Seconds within which a re-published event (same Nats-Msg-Id) is dropped."""
     rate_limit_per_minute: int = 6000
     """Requests per minute per principal (session or API key), per API process."""
+    notary_key: str | None = field(default=None, repr=False)
+    """Notary signing key(s), ``PRIVATE+KEY+...`` one per line; read by the notary only."""
+    notary_key_file: Path | None = None
+    notary_interval: int = 60
+    """Seconds between the notary's rounds."""
+    checkpoint_dir: Path | None = None
+    """Append-only directory of checkpoint files. Default: ``<data dir>/checkpoints``."""
+    witnesses: str = ""
+    """Witnesses the notary asks for cosignatures: ``<vkey> <url>[, <vkey> <url> ...]``."""
 
     @property
     def embedded_postgres(self) -> bool:
@@ -93,6 +102,11 @@ class Settings:
         take("nats_max_age", _int_between(60, 365 * 24 * 3600))
         take("nats_duplicate_window", _int_between(1, 24 * 3600))
         take("rate_limit_per_minute", _int_between(1, 10_000_000))
+        take("notary_key", lambda _v, raw: raw)
+        take("notary_key_file", lambda _v, raw: Path(raw))
+        take("notary_interval", _int_between(1, 24 * 3600))
+        take("checkpoint_dir", lambda _v, raw: Path(raw))
+        take("witnesses", lambda _v, raw: raw)
         flags: dict[str, Callable[[str, str], object]] = {
             "host": _parse_host,
             "port": _parse_port,
@@ -108,6 +122,23 @@ class Settings:
                 PREFIX + "DATABASE_URL", "to be set too when STRONGROOM_OWNER_DATABASE_URL is"
             )
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def checkpoint_directory(self) -> Path:
+        return self.checkpoint_dir or self.data_dir / "checkpoints"
+
+    def load_notary_key_text(self) -> str | None:
+        """The notary's signing keys as text: ``STRONGROOM_NOTARY_KEY``, else the key file."""
+        if self.notary_key is not None:
+            return self.notary_key
+        if self.notary_key_file is not None:
+            try:
+                return self.notary_key_file.read_text()
+            except OSError as e:
+                raise SettingsError(
+                    PREFIX + "NOTARY_KEY_FILE", f"a readable file ({e.strerror})"
+                ) from None
+        return None
 
     def load_master_key(self) -> bytes | None:
         """The key-encryption key: ``STRONGROOM_MASTER_KEY``, else the key file, else None."""

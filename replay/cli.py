@@ -8,6 +8,7 @@ scripts. Expected failures print one line on stderr and exit non-zero; add
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -37,13 +38,14 @@ from infra.local import (
     write_run_info,
 )
 from infra.migrate import migrate
+from infra.notary import load_or_create_dev_notary_key
 from infra.readmodels import ensure_projections
 from infra.runtime import Endpoints, Runtime, Workers, strongroom_version
 from infra.services import create_platform_token
 from infra.settings import Settings
 from infra.verify import VerifyReport, verify_tenant
 from projections import ALL as ALL_PROJECTIONS
-from replay import pipeline
+from replay import pipeline, witness
 from replay.common import (
     CommandFailed,
     err,
@@ -174,6 +176,9 @@ def up(data_dir: Path | None, host: str | None, port: int | None, demo: bool) ->
         raise CommandFailed(f"strongroom is already running on this data dir (pid {running.pid})")
     ensure_port_free(settings.host, settings.port)
     master_key = settings.load_master_key() or load_or_create_dev_master_key(settings.data_dir)
+    if settings.load_notary_key_text() is None:
+        key_file = load_or_create_dev_notary_key(settings.data_dir, settings.log_host)
+        settings = dataclasses.replace(settings, notary_key_file=key_file)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         with _embedded_servers(settings) as (app_url, nats_url, pg_port):
@@ -184,7 +189,9 @@ def up(data_dir: Path | None, host: str | None, port: int | None, demo: bool) ->
             endpoints = Endpoints(app_url, nats_url, master_key)
             if demo:
                 _print_demo(asyncio.run(create_demo(settings, endpoints)))
-            _serve(settings, endpoints, Workers(relay=True, projections=ALL_PROJECTIONS))
+            _serve(
+                settings, endpoints, Workers(relay=True, projections=ALL_PROJECTIONS, notary=True)
+            )
     except KeyboardInterrupt:
         pass
     finally:
@@ -318,6 +325,7 @@ def _report_dict(report: VerifyReport) -> dict[str, Any]:
 
 for command in pipeline.COMMANDS:
     cli.add_command(command)
+cli.add_command(witness.witness_group)
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ class CommandFailed(click.ClickException):
     exit_code = 2
 
     def show(self, file: Any = None) -> None:
-        err.print(f"[red]error:[/red] {self.message}", highlight=False)
+        err.print(f"[red]error:[/red] {self.message}", highlight=False, soft_wrap=True)
 
 
 class InternalFailure(CommandFailed):

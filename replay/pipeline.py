@@ -151,6 +151,16 @@ def worker_projections(names: tuple[str, ...], metrics_port: int | None) -> None
     _run_worker(Workers(projections=chosen), metrics_port)
 
 
+@worker.command("notary")
+@_metrics_port
+@friendly_errors
+def worker_notary(metrics_port: int | None) -> None:
+    """Sign a checkpoint of every tenant log that grew (STRONGROOM_NOTARY_KEY[_FILE])."""
+    settings = load_settings()
+    err.print(f"notary signing every {settings.notary_interval} s (Ctrl-C stops it)")
+    _run_worker(Workers(notary=True), metrics_port)
+
+
 # ---- projections status / retry ---------------------------------------------------------
 
 

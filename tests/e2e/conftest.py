@@ -9,10 +9,11 @@ time (session expiry) without sleeping.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import pyotp
@@ -22,6 +23,10 @@ from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from domain.roles import Role
+from infra.eventstore import EventStore
+from infra.notary import Notary
+from infra.notes import Signer
+from infra.ratelimit import Gcra, RateLimits
 from infra.runtime import Endpoints, Runtime, Workers
 from infra.services import create_platform_token
 from infra.settings import Settings
@@ -62,6 +67,17 @@ class Api:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         return await self.client.request(method, path, headers=headers, **kwargs)
+
+
+NOTARY_KEY = Signer.generate(LOG_HOST)
+"""The notary key of the e2e tests' checkpoints (the apps under test run no notary)."""
+
+
+async def sign_checkpoint(pool: asyncpg.Pool, store: EventStore, tenant_id: str) -> int:
+    """Sign a checkpoint of the tenant's log now, as the notary's next round would."""
+    outcome = await Notary(pool, store, [NOTARY_KEY]).sign_tenant(UUID(tenant_id))
+    assert outcome.refused is None and outcome.size is not None, outcome
+    return outcome.size
 
 
 @dataclass
@@ -108,6 +124,22 @@ async def api(database: Database, nats_url: str, master_key: bytes) -> AsyncIter
     app = create_app(open_runtime)
     async with AsyncTestClient(app=app, raise_server_exceptions=False) as client:
         yield Api(client, app, token, clock)
+
+
+@pytest.fixture(scope="module")
+def generous_rate_limits(api: Api) -> Iterator[None]:
+    """The test client sends every request from one address and one principal per
+    member; a module that is not testing the limits raises them (they keep their own
+    tests in test_auth_security and test_http_problems)."""
+    identity = api.runtime.identity
+    saved = identity.limits
+    identity.limits = RateLimits(
+        principal=Gcra("principal", rate=100_000, period=60),
+        anonymous_ip=Gcra("ip", rate=100_000, period=60),
+        login_ip=Gcra("login-ip", rate=100_000, period=60),
+    )
+    yield
+    identity.limits = saved
 
 
 async def create_tenant(api: Api, *, with_roles: tuple[Role, ...] = tuple(Role)) -> TenantWorld:

@@ -42,6 +42,8 @@ class World:
 
     tenant: TenantWorld
     owner_key_id: str
+    checkpoint_size: int = 0
+    """The size of the tenant's signed checkpoint (the ledger routes read it)."""
 
     @property
     def owner(self) -> Member:
@@ -68,6 +70,7 @@ class Cell:
 class Call:
     params: Mapping[str, str] = field(default_factory=dict)
     json: Any = None
+    query: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     token: str | None = None
     """Replaces the cell's credential (a fresh session, or a fresh member's)."""
@@ -176,6 +179,19 @@ async def deactivate(api: Api, world: World, member_id: str) -> None:
 
 async def _as_is(cell: Cell) -> Call:
     return Call()
+
+
+async def _first_event(cell: Cell) -> Call:
+    """The world's checkpoint (signed when the world was made) covers its first event."""
+    return Call(params={"seq": "1"})
+
+
+async def _checkpoint_size(cell: Cell) -> Call:
+    return Call(params={"size": str(cell.world.checkpoint_size)})
+
+
+async def _consistency(cell: Cell) -> Call:
+    return Call(query={"from": "1", "to": str(cell.world.checkpoint_size)})
 
 
 async def _settings(cell: Cell) -> Call:
@@ -390,7 +406,17 @@ ROUTES: tuple[Route, ...] = (
         P.APIKEYS_ISSUE,
         step_up=True,
     ),
+    # the ledger (the world's tenant has a signed checkpoint)
+    Route("GET", "/v1/ledger/keys", 200, _as_is, P.LEDGER_READ),
+    Route("GET", "/v1/ledger/checkpoint", 200, _as_is, P.LEDGER_READ),
+    Route("GET", "/v1/ledger/checkpoints", 200, _as_is, P.LEDGER_READ),
+    Route("GET", "/v1/ledger/checkpoints/{size:int}", 200, _checkpoint_size, P.LEDGER_READ),
+    Route("GET", "/v1/ledger/consistency", 200, _consistency, P.LEDGER_READ),
+    Route("GET", "/v1/events/{seq:int}/receipt", 200, _first_event, P.LEDGER_READ),
+    Route("GET", "/v1/events/{seq:int}/receipt.tlog-proof", 200, _first_event, P.LEDGER_READ),
+    Route("GET", "/v1/events/{seq:int}/leaf", 200, _first_event, P.LEDGER_READ),
 )
 
 TENANT_ROUTES = tuple(r for r in ROUTES if not (r.public or r.platform))
+POSITION_PARAMS = frozenset({"seq", "size"})
 """The routes a member's credential opens: the columns of the roles matrix."""

@@ -9,7 +9,6 @@ members, sessions and keys made for that cell.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -21,7 +20,7 @@ from api.app import OPENAPI_PATH
 from api.positions import MIN_POSITION
 from domain.permissions import ROLE_PERMISSIONS, Permission
 from domain.roles import Role
-from infra.ratelimit import Gcra, RateLimits
+from infra.eventstore import EventStore
 from tests.conftest import Database
 from tests.e2e.conftest import (
     PASSWORD,
@@ -32,8 +31,10 @@ from tests.e2e.conftest import (
     issue_api_key,
     join,
     login,
+    sign_checkpoint,
 )
 from tests.e2e.routes import (
+    POSITION_PARAMS,
     ROUTES,
     TENANT_ROUTES,
     Call,
@@ -46,6 +47,7 @@ from tests.e2e.routes import (
     issue_key,
 )
 
+pytestmark = pytest.mark.usefixtures("generous_rate_limits")
 PROBLEM_JSON = "application/problem+json"
 EVERY_SCOPE = sorted(p.value for p in Permission)
 
@@ -104,6 +106,7 @@ async def perform(api: Api, route: Route, call: Call, credential: str | None) ->
         route.path(call.params),
         call.token or credential,
         json=call.json,
+        params=dict(call.query),
         headers=dict(call.headers),
     )
 
@@ -131,26 +134,14 @@ async def all_members(api: Api, token: str) -> list[dict[str, Any]]:
 # ---- fixtures ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def generous_rate_limits(api: Api) -> Iterator[None]:
-    """The per-IP login limit (10 at once) is not under test here, and every request of
-    the test client comes from one address: raise the limits for this module's app only."""
-    identity = api.runtime.identity
-    saved = identity.limits
-    identity.limits = RateLimits(
-        principal=Gcra("principal", rate=100_000, period=60),
-        anonymous_ip=Gcra("ip", rate=100_000, period=60),
-        login_ip=Gcra("login-ip", rate=100_000, period=60),
-    )
-    yield
-    identity.limits = saved
-
-
 @pytest.fixture(scope="module")
-async def world(api: Api, generous_rate_limits: None) -> World:
+async def world(
+    api: Api, generous_rate_limits: None, pool: asyncpg.Pool, store: EventStore
+) -> World:
     tenant = await create_tenant(api)
     key = await issue_api_key(api, tenant.owner, [Permission.MEMBERS_READ.value])
-    return World(tenant, str(key["key_id"]))
+    size = await sign_checkpoint(pool, store, tenant.tenant_id)
+    return World(tenant, str(key["key_id"]), checkpoint_size=size)
 
 
 @dataclass
@@ -193,12 +184,15 @@ class OtherTenant:
 
 
 @pytest.fixture(scope="module")
-async def tenant_b(api: Api, generous_rate_limits: None) -> OtherTenant:
+async def tenant_b(
+    api: Api, generous_rate_limits: None, pool: asyncpg.Pool, store: EventStore
+) -> OtherTenant:
     b = await create_tenant(api, with_roles=(Role.ADMIN, Role.READONLY))
     gone = await invite(api, World(b, ""), Role.AUDITOR)
     await deactivate(api, World(b, ""), gone.member_id)
     owner_key = await issue_api_key(api, b.owner, EVERY_SCOPE)
     admin_key = await issue_api_key(api, b.members[Role.ADMIN], ["members:read"])
+    await sign_checkpoint(pool, store, b.tenant_id)  # B's ledger exists, for A to miss
     return OtherTenant(
         b,
         [*(m.member_id for m in b.members.values()), gone.member_id],
@@ -290,7 +284,11 @@ async def test_a_route_called_without_a_credential_answers_401_with_www_authenti
 ) -> None:
     call = await route.prepare(Cell(api, world, Role.OWNER, world.owner, None, allowed=False))
     response = await api.request(
-        route.method, route.path(call.params), json=call.json, headers=dict(call.headers)
+        route.method,
+        route.path(call.params),
+        json=call.json,
+        params=dict(call.query),
+        headers=dict(call.headers),
     )
     assert_unauthenticated(response)
 
@@ -366,7 +364,9 @@ async def test_tenant_a_reaching_for_tenant_b_ids_gets_404_and_changes_nothing_o
     is_key = credential == "owner API key"
     b_ids = {"member_id": tenant_b.member_ids, "key_id": tenant_b.key_ids}
     before = await snapshot(api, database, tenant_b)
-    id_routes = [r for r in TENANT_ROUTES if r.params]
+    # Log positions (seq, size) are coordinates within the caller's own log, not ids:
+    # tests/e2e/test_ledger.py shows a position never reaches another tenant's log.
+    id_routes = [r for r in TENANT_ROUTES if set(r.params) - POSITION_PARAMS]
     assert {p for r in id_routes for p in r.params} == set(b_ids), "an id kind without B ids"
     calls, wrong = 0, {}
     for route in id_routes:
@@ -399,7 +399,8 @@ async def test_tenant_a_lists_never_show_tenant_b_data(
     assert lists
     texts = {}
     for route in lists:
-        response = await api.request("GET", route.path({}), token)
+        call = await route.prepare(Cell(api, world, Role.OWNER, world.owner, token, allowed=True))
+        response = await api.request("GET", route.path({}), token, params=dict(call.query))
         assert response.status_code == 200, response.text
         texts[route.id] = response.text
     every_key = await api.request("GET", "/v1/api-keys", token, params={"all": "true"})

@@ -23,6 +23,8 @@ from infra.db import APP_ROLE, tenant_transaction
 from infra.eventstore import Actor, EventStore, NewEvent
 from infra.idempotency import StoredResponse, fingerprint
 from infra.keyring import Keyring
+from infra.notary import Notary
+from infra.notes import Signer
 from infra.projector import ProjectionRunner
 from infra.publisher import advance_cursor
 from infra.services import IdentityServices, create_platform_token
@@ -48,6 +50,8 @@ EXPECTED_TENANT_TABLES = {
     "api_key",
     "auth_failure",
     "idempotency_key",
+    "checkpoint",
+    "ledger_key",
     "proj_members.members_view",
     "proj_members.position",
 }
@@ -132,7 +136,8 @@ async def create_identity(services: IdentityServices) -> tuple[UUID, Credentials
 
 async def fill(store: EventStore, pool: asyncpg.Pool, broker: Broker, tenant: UUID) -> None:
     """Give a tenant rows in the tables of the log: events, nodes, commands, keys, PII,
-    publication cursor, read models and their positions, a projection failure."""
+    publication cursor, read models and their positions, a projection failure, a notary
+    key and a signed checkpoint."""
     head = 0
     for i in range(16):  # 16 more leaves close at least the first stored Merkle node
         member = uuid4()
@@ -162,6 +167,8 @@ async def fill(store: EventStore, pool: asyncpg.Pool, broker: Broker, tenant: UU
             "attempts) VALUES ($1, 'members', 1, 'member.invited', 'ValueError', 1)",
             tenant,
         )
+    signed = await Notary(pool, store, [Signer.generate("isolation.test")]).sign_tenant(tenant)
+    assert signed.size is not None
 
 
 @pytest.fixture(scope="module")
@@ -510,12 +517,14 @@ async def test_the_platform_functions_return_positions_and_no_content(
     """The app role's only cross-tenant view: tenant ids, sizes and positions."""
     async with pool.acquire() as conn:
         backlog = await conn.fetch("SELECT * FROM relay_backlog('0 s', 10)")
+        unsigned = await conn.fetch("SELECT * FROM checkpoint_backlog(10, NULL)")
         parts = await conn.fetch("SELECT * FROM projection_partitions('members', false)")
         not_a_projection = conn.fetch("SELECT * FROM projection_partitions('event_log', false)")
         with pytest.raises(asyncpg.NoDataFoundError):
             await not_a_projection
     assert {r["tenant_id"] for r in parts} >= {tenants.a, tenants.b}
     assert all(set(r.keys()) == {"tenant_id", "size", "published_seq"} for r in backlog)
+    assert all(set(r.keys()) == {"tenant_id", "size", "checkpoint_size"} for r in unsigned)
     assert set(parts[0].keys()) == {
         "tenant_id",
         "head",

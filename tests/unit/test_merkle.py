@@ -12,11 +12,21 @@ from infra.merkle import (
     EMPTY_ROOT,
     ZERO_HASH,
     Frontier,
+    ProofError,
+    Range,
     chain_hash,
+    consistency_ranges,
+    fold_range,
+    inclusion_ranges,
     leaf_hash,
     node_hash,
+    reference_consistency,
+    reference_inclusion,
     reference_root,
     root_of,
+    subtree_of_leaves,
+    verify_consistency,
+    verify_inclusion,
 )
 
 hashes = st.binary(min_size=32, max_size=32)
@@ -140,3 +150,122 @@ def test_a_frontier_with_the_wrong_number_of_hashes_is_refused() -> None:
         Frontier.from_bytes(4, ZERO_HASH * 2)
     with pytest.raises(ValueError, match="whole number"):
         Frontier.from_bytes(1, ZERO_HASH + b"x")
+
+
+# ---- proofs (RFC 9162 §2.1.3, §2.1.4) ---------------------------------------------------
+
+RFC6962_LEAVES = [
+    b"",
+    b"\x00",
+    b"\x10",
+    b"\x20\x21",
+    b"\x30\x31",
+    b"\x40\x41\x42\x43",
+    bytes(range(0x50, 0x58)),
+    bytes(range(0x60, 0x70)),
+]
+RFC6962_ROOTS = [
+    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+    "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+    "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+    "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+    "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+    "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+]
+
+
+def range_hashes(ranges: list[Range], hashes: list[bytes]) -> list[bytes]:
+    """What the store does, from leaf hashes: complete subtrees, folded per range."""
+    subtrees = {
+        (n.level, n.index): subtree_of_leaves(hashes[n.index << n.level : (n.index + 1) << n.level])
+        for r in ranges
+        for n in r.complete_subtrees()
+    }
+    return [fold_range(r, subtrees) for r in ranges]
+
+
+def test_the_rfc6962_test_vectors_roots_and_every_proof_between_them() -> None:
+    hashes = [leaf_hash(leaf) for leaf in RFC6962_LEAVES]
+    for size in range(1, 9):
+        root = bytes.fromhex(RFC6962_ROOTS[size - 1])
+        assert root_of(hashes[:size]) == root == textbook_mth(RFC6962_LEAVES[:size])
+        for index in range(size):
+            proof = range_hashes(inclusion_ranges(index, size), hashes[:size])
+            verify_inclusion(index, size, hashes[index], proof, root)
+        for old in range(1, size + 1):
+            proof = range_hashes(consistency_ranges(old, size), hashes[:size])
+            old_root = bytes.fromhex(RFC6962_ROOTS[old - 1])
+            verify_consistency(old, size, old_root, root, proof)
+
+
+@given(st.integers(min_value=1, max_value=300), st.data())
+def test_proofs_from_ranges_equal_the_textbook_recursion(size: int, data: st.DataObject) -> None:
+    hashes = [sha256(i.to_bytes(4, "big")) for i in range(size)]
+    root = reference_root(hashes)
+    index = data.draw(st.integers(min_value=0, max_value=size - 1))
+    proof = range_hashes(inclusion_ranges(index, size), hashes)
+    assert proof == reference_inclusion(index, hashes)
+    assert len(proof) <= size.bit_length()
+    verify_inclusion(index, size, hashes[index], proof, root)
+    old = data.draw(st.integers(min_value=0, max_value=size))
+    consistency = range_hashes(consistency_ranges(old, size), hashes)
+    assert consistency == reference_consistency(old, hashes)
+    verify_consistency(old, size, reference_root(hashes[:old]), root, consistency)
+
+
+@given(st.integers(min_value=2, max_value=200), st.data())
+def test_any_change_to_an_inclusion_proof_is_refused(size: int, data: st.DataObject) -> None:
+    hashes = [sha256(i.to_bytes(4, "big")) for i in range(size)]
+    root = reference_root(hashes)
+    index = data.draw(st.integers(min_value=0, max_value=size - 1))
+    proof = reference_inclusion(index, hashes)
+    other = data.draw(st.integers(min_value=0, max_value=size - 1).filter(lambda i: i != index))
+    with pytest.raises(ProofError):
+        verify_inclusion(other, size, hashes[index], proof, root)
+    with pytest.raises(ProofError):
+        verify_inclusion(index, size, hashes[index], proof, sha256(root))
+    with pytest.raises(ProofError):
+        verify_inclusion(index, size, sha256(hashes[index]), proof, root)
+    if proof:
+        at = data.draw(st.integers(min_value=0, max_value=len(proof) - 1))
+        bad = [*proof[:at], sha256(proof[at]), *proof[at + 1 :]]
+        with pytest.raises(ProofError):
+            verify_inclusion(index, size, hashes[index], bad, root)
+        with pytest.raises(ProofError):
+            verify_inclusion(index, size, hashes[index], proof[:-1], root)
+    with pytest.raises(ProofError):
+        verify_inclusion(index, size, hashes[index], [*proof, ZERO_HASH], root)
+
+
+@given(st.integers(min_value=2, max_value=200), st.data())
+def test_a_fork_or_a_changed_consistency_proof_is_refused(size: int, data: st.DataObject) -> None:
+    hashes = [sha256(i.to_bytes(4, "big")) for i in range(size)]
+    old = data.draw(st.integers(min_value=1, max_value=size - 1))
+    proof = reference_consistency(old, hashes)
+    old_root, root = reference_root(hashes[:old]), reference_root(hashes)
+    forked = [*hashes]
+    forked[data.draw(st.integers(min_value=0, max_value=old - 1))] = ZERO_HASH
+    with pytest.raises(ProofError):
+        verify_consistency(old, size, reference_root(forked[:old]), root, proof)
+    with pytest.raises(ProofError):
+        verify_consistency(old, size, old_root, reference_root(forked), proof)
+    at = data.draw(st.integers(min_value=0, max_value=len(proof) - 1))
+    with pytest.raises(ProofError):
+        verify_consistency(old, size, old_root, root, [*proof[:at], ZERO_HASH, *proof[at + 1 :]])
+    with pytest.raises(ProofError):
+        verify_consistency(old, size, root, root, [])
+    with pytest.raises(ProofError):
+        verify_consistency(size, size, old_root, root, [])
+
+
+def test_proof_arguments_out_of_range_are_refused() -> None:
+    with pytest.raises(ValueError):
+        inclusion_ranges(3, 3)
+    with pytest.raises(ValueError):
+        consistency_ranges(4, 3)
+    with pytest.raises(ProofError):
+        verify_inclusion(0, 0, ZERO_HASH, [], EMPTY_ROOT)
+    with pytest.raises(ProofError):
+        verify_consistency(0, 3, EMPTY_ROOT, ZERO_HASH, [ZERO_HASH])
