@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 NOTARY_ACTOR = Actor("system", "notary")
 PAGE = 5000
 BACKLOG_PAGE = 500
-CONCURRENCY = 4
+CONCURRENCY = 8
 
 Prove = Callable[[int], Awaitable[list[bytes]]]
 Cosigner = Callable[[Note, int, Prove], Awaitable[list[Signature]]]
@@ -171,6 +171,7 @@ class Notary:
         self._witnesses = tuple(witnesses)
         self._clock = clock
         self._refused: dict[UUID, str] = {}
+        self._announced: set[UUID] = set()
 
     @property
     def refused(self) -> dict[UUID, str]:
@@ -230,7 +231,12 @@ class Notary:
     # ---- keys ---------------------------------------------------------------------
 
     async def _announce_keys(self, tenant_id: UUID) -> None:
-        """Make the configured keys the tenant's active ones; each change is an event."""
+        """Make the configured keys the tenant's active ones; each change is an event.
+
+        Once done for a tenant, this process does not look again: its keys do not
+        change while it runs (a rotation is a restart)."""
+        if tenant_id in self._announced:
+            return
         async with tenant_transaction(self._pool, tenant_id, readonly=True) as conn:
             known = await ledger_keys(conn, tenant_id)
         active = {k.verifier.vkey for k in known if k.valid_until is None}
@@ -242,6 +248,7 @@ class Notary:
         for key in known:
             if key.valid_until is None and key.verifier.vkey not in configured:
                 await self._key_event(tenant_id, LedgerEvent.KEY_RETIRED, key.verifier, now)
+        self._announced.add(tenant_id)
 
     async def _key_event(
         self, tenant_id: UUID, event_type: str, verifier: Verifier, at: datetime

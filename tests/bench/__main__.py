@@ -1,9 +1,10 @@
 """``make bench``: run the benchmark suites, print one table, write JSON to ``bench-results/``.
 
-Usage: ``python -m tests.bench [--quick]``. ``--quick`` measures about one second per row
-(a smoke run; its numbers are not meant to be compared with the targets). The append suite
-(rows 1-5), the projection suite (rows 6-8, with NATS) and the HTTP suite (rows 9-12, the
-API as its own process) each get a fresh embedded database. Exits 1 only when a row had
+Usage: ``python -m tests.bench [--quick] [--only SUITES]``. ``--quick`` measures about one
+second per row (a smoke run; its numbers are not meant to be compared with the targets). The
+append suite (rows 1-5), the projection suite (rows 6-8, with NATS), the HTTP suite (rows
+9-12, the API as its own process) and the ledger suite (rows 13-14) each get a fresh embedded
+database. Exits 1 only when a row had
 errors or its checks found lost or extra events.
 """
 
@@ -14,15 +15,27 @@ import dataclasses
 import sys
 from importlib.metadata import version
 
-from tests.bench import bench_append, bench_http, bench_projections
+from tests.bench import bench_append, bench_http, bench_ledger, bench_projections
 from tests.bench._report import print_table, write_json
 from tests.bench._stack import bench_database, bench_nats, machine_info
+
+SUITES = ("append", "projections", "http", "ledger")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="about 1 s per row (smoke run)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--only",
+        default=",".join(SUITES),
+        help=f"comma-separated suites to run (default: all of {', '.join(SUITES)})",
+    )
+    args = parser.parse_args(argv)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(args.only) - set(SUITES))
+    if unknown:
+        parser.error(f"unknown suite(s): {', '.join(unknown)}")
+    return args
 
 
 def settings(quick: bool) -> dict[str, object]:
@@ -52,13 +65,24 @@ def settings(quick: bool) -> dict[str, object]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    with bench_database() as db:
-        machine = machine_info(db)
-        rows = bench_append.run_suite(db, quick=args.quick)
-    with bench_database() as db, bench_nats() as nats_url:
-        rows += bench_projections.run_suite(db, nats_url, quick=args.quick)
-    with bench_database() as db, bench_nats() as nats_url:
-        rows += bench_http.run_suite(db, nats_url, quick=args.quick)
+    rows = []
+    machine: dict[str, str | int | bool] = {}
+    if "append" in args.only:
+        with bench_database() as db:
+            machine = machine or machine_info(db)
+            rows += bench_append.run_suite(db, quick=args.quick)
+    if "projections" in args.only:
+        with bench_database() as db, bench_nats() as nats_url:
+            machine = machine or machine_info(db)
+            rows += bench_projections.run_suite(db, nats_url, quick=args.quick)
+    if "http" in args.only:
+        with bench_database() as db, bench_nats() as nats_url:
+            machine = machine or machine_info(db)
+            rows += bench_http.run_suite(db, nats_url, quick=args.quick)
+    if "ledger" in args.only:
+        with bench_database() as db:
+            machine = machine or machine_info(db)
+            rows += bench_ledger.run_suite(db, quick=args.quick)
     print_table(machine, rows, quick=args.quick)
     path = write_json(machine, settings(args.quick), rows)
     print(f"results: {path}")

@@ -8,7 +8,8 @@ by agreeing with a wrong tree.
 from __future__ import annotations
 
 import base64
-from uuid import UUID
+from pathlib import Path
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
@@ -25,7 +26,13 @@ from infra.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from infra.notes import Checkpoint, Receipt, Verifier, parse_note, verified_signers
+from infra.notes import Checkpoint, Receipt, Signer, Verifier, parse_note, verified_signers
+from tests.auditor_scripts import (
+    accepted,
+    fail_reason,
+    run_verify_consistency,
+    run_verify_receipt,
+)
 from tests.conftest import LOG_HOST
 from tests.e2e.conftest import (
     NOTARY_KEY,
@@ -230,3 +237,40 @@ async def test_receipts_still_verify_after_a_data_subject_is_shredded(
         receipt = Receipt.parse(response.json()["receipt"])
         leaf = base64.b64decode(response.json()["leaf"])
         verify_inclusion(seq - 1, size, leaf_hash(leaf), receipt.proof, checkpoint.root)
+
+
+# ---- the auditor's openssl-only scripts on what the service serves ------------------------
+
+
+async def test_the_openssl_scripts_accept_the_services_receipts_and_reject_tampered_copies(
+    api: Api, pool: asyncpg.Pool, store: EventStore, tmp_path: Path
+) -> None:
+    world = await create_tenant(api, with_roles=(Role.AUDITOR,))
+    token = await auditor_key(api, world)
+    first = await sign_checkpoint(pool, store, world.tenant_id)
+    await invite_and_join(api, world, Role.READONLY)
+    second = await sign_checkpoint(pool, store, world.tenant_id)
+    (key,) = (await api.request("GET", "/v1/ledger/keys", token)).json()["keys"]
+    pem, name = key["public_key_pem"], key["name"]
+    origin = f"{LOG_HOST}/t/{world.tenant_id}"
+
+    for seq in (1, first, second):
+        leaf = (await api.request("GET", f"/v1/events/{seq}/leaf", token)).content
+        receipt = (await api.request("GET", f"/v1/events/{seq}/receipt.tlog-proof", token)).text
+        assert accepted(run_verify_receipt(tmp_path, leaf, receipt, pem, name, origin))
+    tampered_leaf = leaf[:-2] + bytes([leaf[-2] ^ 1]) + leaf[-1:]
+    assert fail_reason(run_verify_receipt(tmp_path, tampered_leaf, receipt, pem, name, origin))
+    other_pem = Signer.generate(name).verifier.pem
+    assert fail_reason(run_verify_receipt(tmp_path, leaf, receipt, other_pem, name, origin))
+    other_origin = f"{LOG_HOST}/t/{uuid4()}"
+    assert fail_reason(run_verify_receipt(tmp_path, leaf, receipt, pem, name, other_origin))
+
+    old = (await api.request("GET", f"/v1/ledger/checkpoints/{first}", token)).text
+    new = (await api.request("GET", "/v1/ledger/checkpoint", token)).text
+    proof = (
+        await api.request(
+            "GET", "/v1/ledger/consistency", token, params={"from": first, "to": second}
+        )
+    ).text
+    assert accepted(run_verify_consistency(tmp_path, old, new, proof, pem, name, origin))
+    assert fail_reason(run_verify_consistency(tmp_path, new, old, proof, pem, name, origin))
