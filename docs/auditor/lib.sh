@@ -51,6 +51,19 @@ hex_to_bytes() {
 
 b64_hash_to_hex() { printf '%s' "$1" | base64 -d | to_hex; } # only after matching HASH_RE
 
+# b64_hashes_to_hex LINE...: sets HASHES to the hex of each (all matched HASH_RE first).
+# One base64 and one od for the whole proof: a process per line would cost more than
+# the hashing itself.
+b64_hashes_to_hex() {
+	local all i
+	HASHES=()
+	(($#)) || return 0
+	all=$(printf '%s\n' "$@" | base64 -d | to_hex)
+	for ((i = 0; i < $#; i++)); do
+		HASHES+=("${all:i*64:64}")
+	done
+}
+
 node_hash() { # node_hash LEFT RIGHT: sets NODE = SHA-256(0x01 || left || right), hex
 	local out
 	out=$(hex_to_bytes "01$1$2" | sha256sum)

@@ -28,13 +28,15 @@ NEW_SIZE=$CP_SIZE NEW_ROOT=$CP_ROOT NEW_ROOT_B64=$CP_ROOT_B64
 
 # 2. The proof: one hash per line.
 read_lines "$PROOF_FILE" "the consistency proof"
-PATH_HASHES=()
+checked=0
 for line in "${LINES[@]}"; do
 	if [[ ! $line =~ $HASH_RE ]]; then
-		fail "line $((${#PATH_HASHES[@]} + 1)) of the consistency proof is not a base64 SHA-256 hash"
+		fail "line $((checked + 1)) of the consistency proof is not a base64 SHA-256 hash"
 	fi
-	PATH_HASHES+=("$(b64_hash_to_hex "$line")")
+	checked=$((checked + 1))
 done
+b64_hashes_to_hex "${LINES[@]}"
+PATH_HASHES=("${HASHES[@]}")
 
 # 3. RFC 9162 section 2.1.4.2, plus the empty cases of c2sp.org/tlog-witness
 #    (old size 0, or both sizes equal: then the roots must be equal).

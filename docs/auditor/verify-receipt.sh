@@ -33,16 +33,18 @@ if [[ ! ${BASH_REMATCH[1]} =~ $DECIMAL_RE ]]; then
 	fail "the receipt index is not a decimal of at most 18 digits without leading zeros"
 fi
 INDEX=${BASH_REMATCH[1]}
-PROOF=()
+LINES_B64=()
 for ((i = i + 1; i < ${#R[@]}; i++)); do
 	if [[ -z ${R[i]} ]]; then
 		break
 	fi
 	if [[ ! ${R[i]} =~ $HASH_RE ]]; then
-		fail "proof line $((${#PROOF[@]} + 1)) of the receipt is not a base64 SHA-256 hash"
+		fail "proof line $((${#LINES_B64[@]} + 1)) of the receipt is not a base64 SHA-256 hash"
 	fi
-	PROOF+=("$(b64_hash_to_hex "${R[i]}")")
+	LINES_B64+=("${R[i]}")
 done
+b64_hashes_to_hex "${LINES_B64[@]}"
+PROOF=("${HASHES[@]}")
 if ((i >= ${#R[@]})); then
 	fail "the receipt has no empty line before its checkpoint"
 fi

@@ -8,6 +8,8 @@ Rows (targets from PERFORMANCE.md):
 13b consistency proof, same tenant, random old size to the full size (target p99 < 5 ms).
 13r raw: one primary-key read of ``event_log`` in a tenant transaction, same connection,
     the floor of any proof read (a reference, no target).
+15  receipt check with the openssl-only script (docs/auditor/verify-receipt.sh), a receipt of
+    a random leaf of row 13's tenant, one run at a time (target < 100 ms; p99 is judged).
 14  notary: one round over 1,000 tenants of 20 events each, first checkpoint each
     (checkpoints/s; includes the key activation event, signing, the row and the fsynced
     file per tenant). No target in PERFORMANCE.md: the issue asks for the figure.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import subprocess
 import tempfile
 import time
 from array import array
@@ -30,17 +33,18 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from infra.db import create_pool, tenant_transaction
-from infra.eventstore import Actor, EventStore, NewEvent
+from infra.eventstore import Actor, EventStore, NewEvent, origin_for
 from infra.keyring import Keyring
 from infra.ledger import consistency_proof, inclusion_proof, stored_root
 from infra.merkle import root_from_inclusion, verify_consistency
 from infra.notary import CheckpointDirectory, Notary
-from infra.notes import Signer
+from infra.notes import Checkpoint, Note, Receipt, Signer, sign_note
 from tests.bench._harness import Measurement, percentile
 from tests.bench._stack import BenchDatabase
 from tests.bench.bench_append import LOG_HOST, RowResult, RowSpec, evaluate
 
 BATCH = 1000
+SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "auditor" / "verify-receipt.sh"
 BUILD_WRITERS = 4
 ACTOR = Actor("system", "bench-ledger")
 
@@ -51,6 +55,7 @@ SPECS: dict[str, RowSpec] = {
         RowSpec("13b", "  consistency proof, same tenant", 1, "13r", max_p99_ms=5),
         RowSpec("13r", "  raw: one PK read of event_log, same conn", 1, role="baseline"),
         RowSpec("14", "notary round, 1,000 tenants x 20 events: ckpt/s", 4),
+        RowSpec("15", "receipt check, openssl-only script, 1M-event log", 1, max_p99_ms=100),
     )
 }
 
@@ -163,7 +168,56 @@ async def proof_rows(pool: asyncpg.Pool, store: EventStore, scale: Scale) -> lis
     async with tenant_transaction(pool, tenant, readonly=True) as conn:
         for old, proof in samples:
             verify_consistency(old, size, await stored_root(conn, tenant, old), root, proof)
+    rows.append(await script_row(pool, tenant, size, root, runs=10 if size < 1_000_000 else 40))
     return rows
+
+
+async def script_row(
+    pool: asyncpg.Pool, tenant: UUID, size: int, root: bytes, *, runs: int
+) -> RowResult:
+    """Receipts as the service builds them (stored proof, signed checkpoint), checked by
+    the shell script in a fresh process each time, as an auditor would run it."""
+    signer = Signer.generate(LOG_HOST)
+    origin = origin_for(LOG_HOST, tenant)
+    body = Checkpoint(origin, size, root).body()
+    note = Note(body, (sign_note(body, signer),))
+    rng = random.Random(15)
+    latencies: list[float] = []
+    errors: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="strongroom-bench-receipt-") as folder:
+        work = Path(folder)
+        (work / "key.pem").write_text(signer.verifier.pem)
+        for _ in range(runs):
+            index = rng.randrange(size)
+            async with tenant_transaction(pool, tenant, readonly=True) as conn:
+                leaf = await conn.fetchval(
+                    "SELECT leaf FROM event_log WHERE tenant_id = $1 AND seq = $2",
+                    tenant,
+                    index + 1,
+                )
+                proof = await inclusion_proof(conn, tenant, index, size)
+            (work / "leaf.bin").write_bytes(leaf)
+            (work / "receipt").write_text(Receipt(index, tuple(proof), note).text())
+            argv = ["bash", str(SCRIPT), "leaf.bin", "receipt", "key.pem", LOG_HOST, origin]
+            started = time.perf_counter()
+            done = subprocess.run(argv, cwd=work, capture_output=True, text=True, check=False)
+            latencies.append(time.perf_counter() - started)
+            if done.returncode != 0:
+                errors.append(done.stderr.strip())
+    ordered = sorted(latencies)
+    measurement = Measurement(
+        len(ordered) - len(errors),
+        len(ordered),
+        sum(latencies),
+        percentile(ordered, 0.50) * 1000,
+        percentile(ordered, 0.99) * 1000,
+        len(errors),
+        errors[0] if errors else None,
+        len(ordered),
+    )
+    row = RowResult(SPECS["15"], measurement)
+    row.notes.append(f"{runs} runs; rate = receipts checked per second, one at a time")
+    return row
 
 
 async def notary_row(pool: asyncpg.Pool, store: EventStore, scale: Scale) -> RowResult:
