@@ -13,6 +13,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Reference, 
 from api.access import PUBLIC, Access, AccessMiddleware
 from api.apikeys import ApiKeyController
 from api.auth import AccountController, AuthController
+from api.events import EventController
 from api.health import HealthController
 from api.ledger import LedgerController
 from api.members import InviteController, MemberController
@@ -34,6 +35,7 @@ CONTROLLERS = [
     AccountController,
     ApiKeyController,
     LedgerController,
+    EventController,
 ]
 
 MAX_BODY_BYTES = 1024 * 1024

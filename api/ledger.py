@@ -34,6 +34,8 @@ from infra.notes import Receipt, b64, format_hashes, parse_note
 from infra.runtime import Runtime
 
 TEXT = "text/plain; charset=utf-8"
+MAX_POSITION = 2**63 - 1
+"""Sizes and seqs are PostgreSQL bigints: larger numbers are a 400, not a query."""
 
 
 class Body(msgspec.Struct, kw_only=True):
@@ -153,7 +155,7 @@ class LedgerController(Controller):
     async def list_checkpoints(
         self,
         request: Request[Any, Any, Any],
-        after: Annotated[int, Parameter(ge=0)] = 0,
+        after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> CheckpointPage:
         runtime: Runtime = request.app.state.runtime
@@ -172,7 +174,11 @@ class LedgerController(Controller):
         opt=requires(Permission.LEDGER_READ),
         media_type=TEXT,
     )
-    async def one_checkpoint(self, request: Request[Any, Any, Any], size: int) -> Response[str]:
+    async def one_checkpoint(
+        self,
+        request: Request[Any, Any, Any],
+        size: Annotated[int, Parameter(ge=1, le=MAX_POSITION)],
+    ) -> Response[str]:
         runtime: Runtime = request.app.state.runtime
         tenant_id = principal_of(request.scope).tenant_id
         async with tenant_transaction(runtime.pool, tenant_id, readonly=True) as conn:
@@ -191,8 +197,8 @@ class LedgerController(Controller):
     async def consistency(
         self,
         request: Request[Any, Any, Any],
-        from_size: Annotated[int, Parameter(query="from", ge=1)],
-        to_size: Annotated[int, Parameter(query="to", ge=1)],
+        from_size: Annotated[int, Parameter(query="from", ge=1, le=MAX_POSITION)],
+        to_size: Annotated[int, Parameter(query="to", ge=1, le=MAX_POSITION)],
     ) -> Response[str]:
         if from_size > to_size:
             raise ValidationException("'from' must not be above 'to'")
@@ -246,7 +252,7 @@ class LedgerController(Controller):
         opt=requires(Permission.LEDGER_READ),
     )
     async def receipt(
-        self, request: Request[Any, Any, Any], seq: Annotated[int, Parameter(ge=1)]
+        self, request: Request[Any, Any, Any], seq: Annotated[int, Parameter(ge=1, le=MAX_POSITION)]
     ) -> ReceiptView:
         return await self._receipt(request, seq)
 
@@ -258,7 +264,7 @@ class LedgerController(Controller):
         media_type=TEXT,
     )
     async def receipt_text(
-        self, request: Request[Any, Any, Any], seq: Annotated[int, Parameter(ge=1)]
+        self, request: Request[Any, Any, Any], seq: Annotated[int, Parameter(ge=1, le=MAX_POSITION)]
     ) -> Response[str]:
         return _text((await self._receipt(request, seq)).receipt)
 
@@ -270,7 +276,7 @@ class LedgerController(Controller):
         media_type="application/octet-stream",
     )
     async def leaf(
-        self, request: Request[Any, Any, Any], seq: Annotated[int, Parameter(ge=1)]
+        self, request: Request[Any, Any, Any], seq: Annotated[int, Parameter(ge=1, le=MAX_POSITION)]
     ) -> Response[bytes]:
         runtime: Runtime = request.app.state.runtime
         tenant_id = principal_of(request.scope).tenant_id

@@ -30,7 +30,7 @@ async def wait_for_min_position(
     raw = request.headers.get(MIN_POSITION)
     if raw is None:
         return
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ClientException(f"{MIN_POSITION} must be a log position (a whole number)")
     runtime: Runtime = request.app.state.runtime
     await runtime.positions.wait_for(projection, tenant_id, int(raw), within=WAIT_SECONDS)

@@ -134,6 +134,11 @@ class Broker:
         """The JetStream context if connected right now, else None (do not wait)."""
         return self._js if self.connected else None
 
+    def client_now(self) -> Client | None:
+        """The core client if connected right now, else None (do not wait): for plain
+        subscriptions, which nats-py renews by itself after a reconnect."""
+        return self._client if self.connected else None
+
     async def jetstream(self) -> JetStreamContext:
         """The JetStream context, waiting for the first connection if needed."""
         await self._ready.wait()

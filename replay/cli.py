@@ -153,6 +153,7 @@ def _serve(settings: Settings, endpoints: Endpoints, workers: Workers | None = N
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        timeout_graceful_shutdown=5,  # then end open event streams (clients resume)
     )
     out.print(
         f"Strongroom {strongroom_version()} is up: [bold]http://{settings.host}:{settings.port}"

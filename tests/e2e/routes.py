@@ -97,6 +97,9 @@ class Route:
     platform: bool = False
     probe: bool = False
     """A health or metrics probe: public and not rate-limited."""
+    endless: bool = False
+    """A stream that never ends, which the test client would wait for forever: the matrix
+    only calls it in ways that end (refused). tests/e2e/test_events_api.py streams it."""
 
     @property
     def id(self) -> str:
@@ -184,6 +187,15 @@ async def _as_is(cell: Cell) -> Call:
 async def _first_event(cell: Cell) -> Call:
     """The world's checkpoint (signed when the world was made) covers its first event."""
     return Call(params={"seq": "1"})
+
+
+async def _stream_refused_after_access(cell: Cell) -> Call:
+    """Past the access check, the handler refuses a Last-Event-ID that is no position."""
+    return Call(
+        headers={"Last-Event-ID": "none"},
+        status=400,
+        reason="Last-Event-ID must be a log position (a whole number)",
+    )
 
 
 async def _checkpoint_size(cell: Cell) -> Call:
@@ -415,6 +427,16 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/events/{seq:int}/receipt", 200, _first_event, P.LEDGER_READ),
     Route("GET", "/v1/events/{seq:int}/receipt.tlog-proof", 200, _first_event, P.LEDGER_READ),
     Route("GET", "/v1/events/{seq:int}/leaf", 200, _first_event, P.LEDGER_READ),
+    # the tenant log
+    Route("GET", "/v1/events", 200, _as_is, P.EVENTS_READ),
+    Route(
+        "GET",
+        "/v1/events/stream",
+        200,
+        _stream_refused_after_access,
+        P.EVENTS_READ,
+        endless=True,
+    ),
 )
 
 TENANT_ROUTES = tuple(r for r in ROUTES if not (r.public or r.platform))

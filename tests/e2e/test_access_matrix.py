@@ -395,7 +395,7 @@ async def test_tenant_a_lists_never_show_tenant_b_data(
     api: Api, world: World, a_owner_key: str, tenant_b: OtherTenant, credential: str
 ) -> None:
     token = world.owner.token if credential == "owner session" else a_owner_key
-    lists = [r for r in TENANT_ROUTES if r.method == "GET" and not r.params]
+    lists = [r for r in TENANT_ROUTES if r.method == "GET" and not r.params and not r.endless]
     assert lists
     texts = {}
     for route in lists:

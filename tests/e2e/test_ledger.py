@@ -176,6 +176,10 @@ async def test_a_receipt_for_an_event_beyond_the_checkpoint_says_so(
         ("/v1/ledger/checkpoints", {"after": "-1"}, 400),
         ("/v1/ledger/checkpoints", {"limit": "0"}, 400),
         ("/v1/ledger/checkpoints/3", {}, 404),
+        ("/v1/ledger/checkpoints/0", {}, 400),
+        ("/v1/events/9223372036854775808/receipt", {}, 400),
+        ("/v1/events/9223372036854775808/leaf", {}, 400),
+        ("/v1/ledger/consistency", {"from": "1", "to": "9223372036854775808"}, 400),
     ],
 )
 async def test_bad_ledger_requests_get_a_problem(

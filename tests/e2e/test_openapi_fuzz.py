@@ -65,6 +65,9 @@ account's 100 an hour): each runs in a tenant of its own.
 The rest share one tenant; the session they use is renewed after a logout and
 replaced after a successful step-up, as a client would."""
 PLATFORM_OPERATIONS = {"createTenant"}
+ENDLESS = {"streamEvents"}
+"""Streams that never end: the test client would wait for them forever. Their
+parameters are tested against a real server in tests/e2e/test_events_api.py."""
 
 T = TypeVar("T")
 Operation = APIOperation[Any, Any, Any, Any]
@@ -248,6 +251,8 @@ async def test_no_operation_answers_generated_requests_with_a_server_error_or_of
     report: list[str] = []
     for operation in operations(schema):
         name = operation.definition.raw.get("operationId")
+        if name in ENDLESS:
+            continue
         target = await target_for(api) if name in OWN_TENANT else shared
         await step_up(api, target)
         sent, failures = await asyncio.to_thread(fuzzer.operation, operation, target)
