@@ -12,8 +12,9 @@ witnesses catch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -121,15 +122,39 @@ async def verify_tenant(
     return VerifyReport(tenant_id, size, size, ok=True, root=frontier.root())
 
 
+class LeafError(ValueError):
+    """A leaf is not canonical JSON, or one of its fields is not what it must be."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+def check_leaf(leaf: bytes, expected: Mapping[str, object]) -> dict[str, Any]:
+    """The parsed leaf, if its bytes are canonical JSON of an object with ``expected`` fields.
+
+    Shared by this online check and the offline one of evidence bundles
+    (``infra.evidence``). Values compare with their JSON type, so ``true`` is not ``1``.
+    """
+    try:
+        parsed = orjson.loads(leaf)
+        canonical_again = canonical.encode(parsed)
+    except (orjson.JSONDecodeError, canonical.CanonicalEncodingError):
+        raise LeafError("leaf is not canonical JSON") from None
+    if canonical_again != leaf:
+        raise LeafError("leaf is not in canonical form")
+    if not isinstance(parsed, dict):
+        raise LeafError("leaf is not a JSON object")
+    for name, value in expected.items():
+        found = parsed.get(name)
+        if type(found) is not type(value) or found != value:
+            raise LeafError(f"leaf field {name!r} is not {value!r}", name)
+    return parsed
+
+
 def _check_leaf(row: asyncpg.Record, origin: str) -> None:
     seq = row["seq"]
-    try:
-        leaf = orjson.loads(row["leaf"])
-        canonical_again = canonical.encode(leaf)
-    except (orjson.JSONDecodeError, canonical.CanonicalEncodingError):
-        raise _Bad(seq, "leaf is not canonical JSON") from None
-    if canonical_again != row["leaf"]:
-        raise _Bad(seq, "leaf is not in canonical form")
     expected = {
         "log": origin,
         "seq": seq,
@@ -139,9 +164,11 @@ def _check_leaf(row: asyncpg.Record, origin: str) -> None:
         "version": row["stream_version"],
         "ts": format_ts(row["recorded_at"]),
     }
-    for name, value in expected.items():
-        if not isinstance(leaf, dict) or leaf.get(name) != value:
-            raise _Bad(seq, f"leaf field {name!r} does not match its row")
+    try:
+        check_leaf(bytes(row["leaf"]), expected)
+    except LeafError as e:
+        reason = e.reason if e.field is None else f"leaf field {e.field!r} does not match its row"
+        raise _Bad(seq, reason) from None
 
 
 async def _check_nodes(

@@ -45,7 +45,7 @@ from infra.services import create_platform_token
 from infra.settings import Settings
 from infra.verify import VerifyReport, verify_tenant
 from projections import ALL as ALL_PROJECTIONS
-from replay import pipeline, witness
+from replay import evidence, pipeline, witness
 from replay.common import (
     CommandFailed,
     err,
@@ -263,14 +263,27 @@ def platform_token(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--tenant", "tenant", required=True, help="Tenant id (UUID).")
+@click.argument("bundle", required=False, type=click.Path(path_type=Path))
+@click.option("--tenant", "tenant", help="Tenant id (UUID): verify its stored log online.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@evidence.bundle_options
 @friendly_errors
-def verify(tenant: str, as_json: bool) -> None:
-    """Recompute one tenant's hashes, chain and Merkle tree from its stored leaves.
+def verify(bundle: Path | None, tenant: str | None, as_json: bool, **bundle_options: Any) -> None:
+    """Verify an evidence BUNDLE offline, or --tenant ID's stored log online.
 
-    Exit 0 when intact; 1 naming the first bad seq.
+    BUNDLE: every leaf hash, the chain, each signed root, signatures, witness
+    cosignatures and consistency proofs (see `strongroom export evidence`).
+    --tenant: recompute the hashes, chain and Merkle tree from the stored leaves.
+    Exit 0 when everything holds; 1 naming the first failure.
     """
+    if (bundle is None) == (tenant is None):
+        raise CommandFailed("give a BUNDLE or --tenant ID (exactly one)")
+    if bundle is not None:
+        evidence.verify_bundle_command(bundle, as_json=as_json, **bundle_options)
+        return
+    assert tenant is not None
+    if used := evidence.used_bundle_options(**bundle_options):
+        raise CommandFailed(f"{', '.join(used)}: only for a BUNDLE, not --tenant")
     try:
         tenant_id = UUID(tenant)
     except ValueError:
@@ -327,6 +340,7 @@ def _report_dict(report: VerifyReport) -> dict[str, Any]:
 for command in pipeline.COMMANDS:
     cli.add_command(command)
 cli.add_command(witness.witness_group)
+cli.add_command(evidence.export_group)
 
 
 def main() -> None:

@@ -3,9 +3,9 @@
 Usage: ``python -m tests.bench [--quick] [--only SUITES]``. ``--quick`` measures about one
 second per row (a smoke run; its numbers are not meant to be compared with the targets). The
 append suite (rows 1-5), the projection suite (rows 6-8, with NATS), the HTTP suite (rows
-9-12, the API as its own process) and the ledger suite (rows 13-14) each get a fresh embedded
-database. Exits 1 only when a row had
-errors or its checks found lost or extra events.
+9-12, the API as its own process) and the ledger suite (rows 13-15) each get a fresh embedded
+database; the evidence suite (row 16, offline bundle verification) needs none. Exits 1 only
+when a row had errors or its checks found lost or extra events.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import dataclasses
 import sys
 from importlib.metadata import version
 
-from tests.bench import bench_append, bench_http, bench_ledger, bench_projections
+from tests.bench import bench_append, bench_evidence, bench_http, bench_ledger, bench_projections
 from tests.bench._report import print_table, write_json
 from tests.bench._stack import bench_database, bench_nats, machine_info
 
-SUITES = ("append", "projections", "http", "ledger")
+SUITES = ("append", "projections", "http", "ledger", "evidence")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -83,6 +83,9 @@ def main(argv: list[str]) -> int:
         with bench_database() as db:
             machine = machine or machine_info(db)
             rows += bench_ledger.run_suite(db, quick=args.quick)
+    if "evidence" in args.only:  # offline: no database
+        machine = machine or bench_evidence.machine()
+        rows += bench_evidence.run_suite(quick=args.quick)
     print_table(machine, rows, quick=args.quick)
     path = write_json(machine, settings(args.quick), rows)
     print(f"results: {path}")
