@@ -39,6 +39,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
+from domain.errors import ConflictError, UnavailableError
 from infra import metrics
 from infra.db import tenant_transaction
 from infra.eventstore import Actor, EventStore, NewEvent
@@ -72,6 +73,7 @@ NOTARY_ACTOR = Actor("system", "notary")
 PAGE = 5000
 BACKLOG_PAGE = 500
 CONCURRENCY = 8
+KEY_EVENT_ATTEMPTS = 3
 
 Prove = Callable[[int], Awaitable[list[bytes]]]
 Cosigner = Callable[[Note, int, Prove], Awaitable[list[Signature]]]
@@ -193,7 +195,11 @@ class Notary:
 
         async def one(tenant_id: UUID) -> None:
             async with gate:
-                outcomes.append(await self.sign_tenant(tenant_id))
+                try:
+                    outcomes.append(await self.sign_tenant(tenant_id))
+                except (ConflictError, UnavailableError, asyncpg.PostgresError, OSError) as e:
+                    # One tenant's trouble is not the round's: it is tried again next round.
+                    log.warning("notary skipped tenant %s this round: %s", tenant_id, e)
 
         after: UUID | None = None
         backlog = 0
@@ -287,14 +293,24 @@ class Notary:
                     seq,
                 )
 
-        await self._store.append(
-            tenant_id,
-            [NewEvent(stream=ledger_stream(tenant_id), type=event_type, data=data)],
-            expected={ledger_stream(tenant_id): None},
-            command_id=uuid4(),
-            actor=NOTARY_ACTOR,
-            effect=effect,
-        )
+        command_id = uuid4()
+        for attempt in range(1, KEY_EVENT_ATTEMPTS + 1):
+            try:
+                await self._store.append(
+                    tenant_id,
+                    [NewEvent(stream=ledger_stream(tenant_id), type=event_type, data=data)],
+                    expected={ledger_stream(tenant_id): None},
+                    command_id=command_id,
+                    actor=NOTARY_ACTOR,
+                    effect=effect,
+                )
+                break
+            except ConflictError:
+                # Another process appended to this tenant at the same moment; the
+                # store has reloaded its head, and the same command id keeps a
+                # retry from writing the event twice.
+                if attempt == KEY_EVENT_ATTEMPTS:
+                    raise
         log.info("notary key %s %s for tenant %s", verifier.name, event_type, tenant_id)
 
     # ---- signing ------------------------------------------------------------------
