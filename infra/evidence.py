@@ -55,7 +55,14 @@ import msgspec
 
 from domain.errors import StrongroomError
 from infra.db import tenant_transaction
-from infra.ledger import LedgerKey, StoredCheckpoint, checkpoints_after, ledger_keys, range_hashes
+from infra.ledger import (
+    LedgerIntegrityError,
+    LedgerKey,
+    StoredCheckpoint,
+    checkpoints_after,
+    ledger_keys,
+    range_hashes,
+)
 from infra.merkle import (
     HASH_SIZE,
     ZERO_HASH,
@@ -184,6 +191,7 @@ class ExportReport:
     first: int
     last: int
     events: int
+    """Leaves written: fewer than ``last - first + 1`` only if the store lost some."""
     checkpoints: int
     last_checkpoint: int | None
     uncovered: int
@@ -334,10 +342,13 @@ async def _export(
             raise EvidenceError(f"--from {first} --to {last} is not a range of events")
         if last > size:
             raise EvidenceError(f"the log has {size} events, not {last}")
-        if first > 1:
-            await writer.put((PREFIX, _pretty(await _prefix(conn, tenant_id, first - 1))))
-        events = await _export_leaves(conn, tenant_id, writer, first, last, progress)
-        sizes = await _export_checkpoints(conn, tenant_id, writer, first, last)
+        try:
+            if first > 1:
+                await writer.put((PREFIX, _pretty(await _prefix(conn, tenant_id, first - 1))))
+            events = await _export_leaves(conn, tenant_id, writer, first, last, progress)
+            sizes = await _export_checkpoints(conn, tenant_id, writer, first, last)
+        except LedgerIntegrityError as e:
+            raise EvidenceError(f"{e}; run strongroom verify --tenant {tenant_id}") from None
         keys = await ledger_keys(conn, tenant_id)
     await writer.put(
         *((pem_name(k.verifier), k.verifier.pem.encode()) for k in keys),
@@ -354,7 +365,7 @@ async def _export(
         exported_at=clock().astimezone(UTC).isoformat(),
         last_checkpoint=last_checkpoint,
         counts=Counts(
-            events=events,
+            events=last - first + 1,
             checkpoints=len(sizes),
             consistency_proofs=max(len(sizes) - 1, 0),
             log_keys=len(keys),
@@ -942,7 +953,11 @@ class _Verification:
         except (msgspec.DecodeError, ValueError) as e:
             raise _fail(FailureKind.FORMAT, f"prefix.json is malformed: {e}", **where) from None
         if prefix.size != manifest.first - 1:
-            raise _fail(FailureKind.FORMAT, f"the prefix is not of size {prefix.size}", **where)
+            raise _fail(
+                FailureKind.FORMAT,
+                f"the prefix is of size {prefix.size}, not {manifest.first - 1}",
+                **where,
+            )
         subtrees = [(n.level, n.index) for n in Range(0, prefix.size).complete_subtrees()]
         if [(e.level, e.index) for e in prefix.frontier] != subtrees:
             raise _fail(FailureKind.FORMAT, "the prefix's subtrees are not its frontier", **where)
@@ -954,7 +969,7 @@ class _Verification:
         """Every leaf in order: its ``seq`` and ``log``, its hash, the chain, the roots.
 
         This is the hot path. Leaves are read in blocks and handled in segments
-        that end at a multiple of ``TREE_BLOCK`` or at a checkpoint, so a segment
+        that end at a multiple of ``2**TREE_LEVEL`` or at a checkpoint, so a segment
         is one complete subtree for ``_Tree`` and one bulk comparison with
         hashes.txt; an exact per-leaf diagnosis runs only once something differs.
         """
@@ -1051,8 +1066,6 @@ class _Verification:
 
 
 TREE_LEVEL = 8
-_LEAF_PREFIX = hashlib.sha256(b"\x00")
-"""Copied per leaf: cheaper than hashing ``0x00 || leaf`` from scratch."""
 TREE_MASK = (1 << TREE_LEVEL) - 1
 _SPACES = b" " * (TREE_MASK + 1)
 _NEWLINES = b"\n" * (TREE_MASK + 1)
@@ -1064,7 +1077,8 @@ def _lines(leaves: IO[bytes], seq: int) -> Iterator[list[bytes]]:
     carry = b""
     held: list[bytes] = []
     while block := leaves.read(BLOCK):
-        lines = (carry + block).split(b"\n")
+        lines = block.split(b"\n")
+        lines[0] = carry + lines[0]
         carry = lines.pop()
         if held:
             lines[:0] = held
@@ -1129,48 +1143,68 @@ class _Segment:
     ) -> tuple[list[bytes], bytes]:
         """Check ``leaves`` (seq ``seq + 1`` on) against ``recorded`` lines of hashes.txt.
 
-        Returns their leaf hashes and the last chain hash. The first failure in
-        leaf order wins: a leaf whose own check fails is reported only if no
-        earlier leaf's hashes differed from the record.
+        Returns their leaf hashes and the last chain hash. Each check runs over
+        the whole segment at C speed (comprehensions, ``map``); only when one
+        fails does a leaf-by-leaf pass find where. The first failure in leaf
+        order wins, a leaf's own check before its hashes.
         """
         sha256 = hashlib.sha256
-        zero = _LEAF_PREFIX
-        log_member = self.log_member
-        log_length = len(log_member)
-        located = not self.full
-        computed: list[bytes] = []
-        append = computed.append
-        failed: _Failed | None = None
-        start = seq
+        leaf_hashes = [sha256(b"\x00" + leaf).digest() for leaf in leaves]
+        chains: list[bytes] = []
+        append = chains.append
+        for leaf_hash in leaf_hashes:
+            chain = sha256(chain + leaf_hash).digest()
+            append(chain)
+        bad_leaf = self._parsed(leaves, seq) if self.full else self._located(leaves, seq)
+        bad_hashes = _compare(leaf_hashes, chains, recorded, seq)
+        failures = [f for f in (bad_leaf, bad_hashes) if f is not None]
+        if failures:
+            raise min(failures, key=lambda f: f.failure.seq or 0)
+        return leaf_hashes, chain
+
+    def _located(self, leaves: list[bytes], seq: int) -> _Failed | None:
+        """``seq`` and ``log`` where canonical key order puts them, without parsing.
+
+        Top-level keys are sorted and nothing after ``seq`` (stream, ts, type, v,
+        version) can hold a quote, so the last ``,"seq":`` is the top-level one;
+        the last ``","pii":{`` before it ends the top-level ``log`` (``pii`` holds
+        only hex strings). ``full`` checks the same by parsing.
+        """
+        n = len(leaves)
+        seq_at = list(map(bytes.rfind, leaves, itertools.repeat(b',"seq":', n)))
+        markers = [b',"seq":%d,"' % s for s in range(seq + 1, seq + n + 1)]
+        pii_at = list(
+            map(bytes.rfind, leaves, itertools.repeat(b'","pii":{', n), itertools.repeat(0), seq_at)
+        )
+        log_member, length = self.log_member, len(self.log_member)
+        if (
+            min(seq_at, default=0) >= 0
+            and min(pii_at, default=0) >= 0
+            and all(map(bytes.startswith, leaves, markers, seq_at))
+            and all(
+                map(
+                    bytes.startswith,
+                    leaves,
+                    itertools.repeat(log_member),
+                    [p - length for p in pii_at],
+                )
+            )
+        ):
+            return None
+        for leaf, marker, at, pii in zip(leaves, markers, seq_at, pii_at, strict=True):
+            seq += 1
+            if at < 0 or not leaf.startswith(marker, at):
+                return _fail(FailureKind.LEAF, f"the line of seq {seq} holds another seq", seq=seq)
+            if pii < 0 or not leaf.startswith(log_member, pii - length):
+                return _fail(FailureKind.LEAF, "the leaf's log is not the bundle's origin", seq=seq)
+        raise AssertionError("a located check failed and no leaf fails it")
+
+    def _parsed(self, leaves: list[bytes], seq: int) -> _Failed | None:
         for leaf in leaves:
             seq += 1
-            if located:
-                at = leaf.rfind(b',"seq":')
-                if at < 0 or not leaf.startswith(b',"seq":%d,"' % seq, at):
-                    failed = _fail(
-                        FailureKind.LEAF, f"the line of seq {seq} holds another seq", seq=seq
-                    )
-                    break
-                pii = leaf.rfind(b'","pii":{', 0, at)
-                if pii < 0 or not leaf.startswith(log_member, pii - log_length):
-                    failed = _fail(
-                        FailureKind.LEAF, "the leaf's log is not the bundle's origin", seq=seq
-                    )
-                    break
-            else:
-                failed = self._parsed_failure(leaf, seq)
-                if failed is not None:
-                    break
-            digest = zero.copy()
-            digest.update(leaf)
-            leaf_hash = digest.digest()
-            chain = sha256(chain + leaf_hash).digest()
-            append(leaf_hash)
-            append(chain)
-        self._compare(computed, recorded, start)
-        if failed is not None:
-            raise failed
-        return computed[0::2], chain
+            if (failed := self._parsed_failure(leaf, seq)) is not None:
+                return failed
+        return None
 
     def _parsed_failure(self, leaf: bytes, seq: int) -> _Failed | None:
         try:
@@ -1183,23 +1217,26 @@ class _Segment:
         self.last_ts = ts
         return None
 
-    @staticmethod
-    def _compare(computed: list[bytes], recorded: bytes, seq: int) -> None:
-        """``computed`` (leaf hash, chain hash, ...) of seq ``seq + 1`` on vs hashes.txt."""
-        n = len(computed) // 2
-        recorded = recorded[: HASH_LINE * n]
-        if (
-            len(recorded) == HASH_LINE * n
-            and recorded[64::HASH_LINE] == _SPACES[:n]
-            and recorded[129::HASH_LINE] == _NEWLINES[:n]
-            and binascii.hexlify(b"".join(computed)) == recorded.translate(None, b" \n")
-        ):
-            return
-        for i in range(n):
-            line = recorded[HASH_LINE * i : HASH_LINE * (i + 1)]
-            leaf_hash, chain = computed[2 * i], computed[2 * i + 1]
-            if line != b"%s %s\n" % (leaf_hash.hex().encode(), chain.hex().encode()):
-                raise _hash_line_failure(line, leaf_hash, seq + i + 1)
+
+def _compare(
+    leaf_hashes: list[bytes], chains: list[bytes], recorded: bytes, seq: int
+) -> _Failed | None:
+    """The hashes of seq ``seq + 1`` on vs their lines of hashes.txt, all at once."""
+    n = len(leaf_hashes)
+    recorded = recorded[: HASH_LINE * n]
+    if (
+        len(recorded) == HASH_LINE * n
+        and recorded[64::HASH_LINE] == _SPACES[:n]
+        and recorded[129::HASH_LINE] == _NEWLINES[:n]
+        and binascii.hexlify(b"".join(map(bytes.__add__, leaf_hashes, chains)))
+        == recorded.translate(None, b" \n")
+    ):
+        return None
+    for i, (leaf_hash, chain) in enumerate(zip(leaf_hashes, chains, strict=True)):
+        line = recorded[HASH_LINE * i : HASH_LINE * (i + 1)]
+        if line != b"%s %s\n" % (leaf_hash.hex().encode(), chain.hex().encode()):
+            return _hash_line_failure(line, leaf_hash, seq + i + 1)
+    raise AssertionError("the bulk comparison failed and no line differs")
 
 
 def _hash_line_failure(recorded: bytes, leaf_hash: bytes, seq: int) -> _Failed:

@@ -152,6 +152,12 @@ def export_evidence_command(
     table = Table(title=f"evidence bundle {escape(str(report.path))}", show_header=False)
     table.add_row("log", escape(report.origin))
     table.add_row("events", f"{report.first}..{report.last} ({report.events} exported)")
+    if report.events != report.last - report.first + 1:
+        table.add_row(
+            "[red]warning[/red]",
+            "the store lacks events of this range: the bundle shows it as it is; "
+            f"run strongroom verify --tenant {report.tenant_id}",
+        )
     table.add_row(
         "checkpoints",
         f"{report.checkpoints}, the last of size {report.last_checkpoint}"

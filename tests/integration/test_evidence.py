@@ -322,6 +322,20 @@ async def test_a_tenant_exports_only_its_own_log(
     assert report.ok and report.events == 4 and report.covered_to is None
 
 
+async def test_a_store_that_lost_an_event_exports_as_it_is_and_fails_there(
+    pool: asyncpg.Pool, store: EventStore, superuser: asyncpg.Connection, tmp_path: Path
+) -> None:
+    tenant = uuid4()
+    await grow(store, tenant, 12)
+    async with superuser.transaction():
+        await superuser.execute("SET LOCAL session_replication_role = replica")
+        await superuser.execute("DELETE FROM event_log WHERE tenant_id = $1 AND seq = 7", tenant)
+    report = await export_evidence(pool, tenant, tmp_path / "b")
+    assert (report.first, report.last, report.events) == (1, 12, 11)
+    failure = verify_bundle(tmp_path / "b").failure
+    assert failure is not None and (failure.kind, failure.seq) == (FailureKind.LEAF, 7), failure
+
+
 # ---- tampered copies: the first failure, exactly -----------------------------------------
 
 
@@ -443,6 +457,26 @@ def test_a_tampered_copy_fails_at_its_first_failure(
     assert reason in failure.reason, failure.reason
 
 
+@pytest.mark.parametrize(
+    ("tampers", "kind", "seq"),
+    [
+        ((flip_a_leaf_byte, swap_two_leaves), "leaf", 4),
+        ((flip_a_leaf_byte, change_a_chain_hash), "leaf", 7),
+        ((change_a_chain_hash, remove_a_leaf_line), "leaf", 9),
+        ((rewrite_a_leaf_and_its_hashes, change_a_chain_hash), "chain", 10),
+    ],
+    ids=["seq before a hash", "hash before chain", "seq before chain", "chain before root"],
+)
+def test_of_two_tampers_the_earlier_seq_is_reported(
+    signed_log: SignedLog, copy: Path, tampers: tuple[Tamper, Tamper], kind: str, seq: int
+) -> None:
+    for tamper in tampers:
+        tamper(copy, signed_log)
+    reseal(copy)
+    failure = verify_bundle(copy).failure
+    assert failure is not None and (failure.kind, failure.seq) == (kind, seq), failure
+
+
 def test_a_changed_file_fails_on_the_manifest_first(signed_log: SignedLog, copy: Path) -> None:
     flip_a_leaf_byte(copy, signed_log)
     flip_a_signature_byte(copy, signed_log)
@@ -487,6 +521,7 @@ def test_a_key_the_auditor_does_not_trust_fails_the_first_checkpoint(
 
 def test_a_witness_threshold_counts_valid_cosignatures(signed_log: SignedLog) -> None:
     keys = signed_log.witness_keys()
+    assert verify_bundle(signed_log.bundle, witnesses=keys[:1], witness_threshold=1).ok
     assert verify_bundle(signed_log.bundle, witnesses=keys, witness_threshold=2).ok
     assert verify_bundle(signed_log.bundle, witness_threshold=2).ok, "the bundle's witness keys"
     failure = verify_bundle(signed_log.bundle, witnesses=keys, witness_threshold=3).failure
@@ -532,6 +567,14 @@ def test_the_cli_exports_and_verifies_a_bundle(
     assert report["events"] == summary["to"] - 1 and report["checkpoints"] == 3
     assert report["keys"]["log"] == {"source": "given", "names": [LOG_HOST]}
     assert report["events_per_s"] > 0 and report["root"]
+
+    people = run(
+        "export", "evidence", str(tmp_path / "dir"), "--tenant", str(signed_log.tenant),
+        database=database,
+    )  # fmt: skip
+    assert people.returncode == 0, people.stderr
+    assert "exported" in people.stdout and "the last of size 37" in people.stdout
+    assert (tmp_path / "dir" / "manifest.json").is_file()
 
     table = run("verify", str(out), "--key", vkey)
     assert table.returncode == 0 and "intact" in table.stdout
