@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
+from uuid import UUID
 
+import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.exceptions import ValidationException
@@ -95,6 +97,12 @@ def _view(checkpoint: StoredCheckpoint) -> CheckpointView:
     )
 
 
+def _tenant(request: Request[Any, Any, Any]) -> tuple[asyncpg.Pool, UUID]:
+    """The pool and the caller's tenant: every ledger read is in that tenant's transaction."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime.pool, principal_of(request.scope).tenant_id
+
+
 def _text(body: str) -> Response[str]:
     return Response(content=body, media_type=TEXT)
 
@@ -110,9 +118,8 @@ class LedgerController(Controller):
         opt=requires(Permission.LEDGER_READ),
     )
     async def keys(self, request: Request[Any, Any, Any]) -> LedgerKeys:
-        runtime: Runtime = request.app.state.runtime
-        tenant_id = principal_of(request.scope).tenant_id
-        async with tenant_transaction(runtime.pool, tenant_id, readonly=True) as conn:
+        pool, tenant_id = _tenant(request)
+        async with tenant_transaction(pool, tenant_id, readonly=True) as conn:
             keys = await ledger_keys(conn, tenant_id)
         return LedgerKeys(
             keys=[
@@ -138,9 +145,8 @@ class LedgerController(Controller):
         media_type=TEXT,
     )
     async def latest(self, request: Request[Any, Any, Any]) -> Response[str]:
-        runtime: Runtime = request.app.state.runtime
-        tenant_id = principal_of(request.scope).tenant_id
-        async with tenant_transaction(runtime.pool, tenant_id, readonly=True) as conn:
+        pool, tenant_id = _tenant(request)
+        async with tenant_transaction(pool, tenant_id, readonly=True) as conn:
             checkpoint = await latest_checkpoint(conn, tenant_id)
         if checkpoint is None:
             raise NotFoundError("no checkpoint has been signed for this log yet")
@@ -158,9 +164,8 @@ class LedgerController(Controller):
         after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> CheckpointPage:
-        runtime: Runtime = request.app.state.runtime
-        tenant_id = principal_of(request.scope).tenant_id
-        async with tenant_transaction(runtime.pool, tenant_id, readonly=True) as conn:
+        pool, tenant_id = _tenant(request)
+        async with tenant_transaction(pool, tenant_id, readonly=True) as conn:
             rows = await checkpoints_after(conn, tenant_id, after, limit)
         return CheckpointPage(
             items=[_view(c) for c in rows],
@@ -179,9 +184,8 @@ class LedgerController(Controller):
         request: Request[Any, Any, Any],
         size: Annotated[int, Parameter(ge=1, le=MAX_POSITION)],
     ) -> Response[str]:
-        runtime: Runtime = request.app.state.runtime
-        tenant_id = principal_of(request.scope).tenant_id
-        async with tenant_transaction(runtime.pool, tenant_id, readonly=True) as conn:
+        pool, tenant_id = _tenant(request)
+        async with tenant_transaction(pool, tenant_id, readonly=True) as conn:
             checkpoint = await checkpoint_at(conn, tenant_id, size)
         if checkpoint is None:
             raise NotFoundError(f"no checkpoint of size {size}")
@@ -202,9 +206,8 @@ class LedgerController(Controller):
     ) -> Response[str]:
         if from_size > to_size:
             raise ValidationException("'from' must not be above 'to'")
-        runtime: Runtime = request.app.state.runtime
-        tenant_id = principal_of(request.scope).tenant_id
-        async with tenant_transaction(runtime.pool, tenant_id, readonly=True) as conn:
+        pool, tenant_id = _tenant(request)
+        async with tenant_transaction(pool, tenant_id, readonly=True) as conn:
             size = await conn.fetchval(
                 "SELECT size FROM tenant_log WHERE tenant_id = $1", tenant_id
             )
@@ -214,9 +217,8 @@ class LedgerController(Controller):
         return _text(format_hashes(proof))
 
     async def _receipt(self, request: Request[Any, Any, Any], seq: int) -> ReceiptView:
-        runtime: Runtime = request.app.state.runtime
-        tenant_id = principal_of(request.scope).tenant_id
-        async with tenant_transaction(runtime.pool, tenant_id, readonly=True) as conn:
+        pool, tenant_id = _tenant(request)
+        async with tenant_transaction(pool, tenant_id, readonly=True) as conn:
             row = await conn.fetchrow(
                 "SELECT e.leaf, e.leaf_hash, c.size, c.note FROM event_log e, LATERAL ("
                 "SELECT size, note FROM checkpoint WHERE tenant_id = $1 "
@@ -278,9 +280,8 @@ class LedgerController(Controller):
     async def leaf(
         self, request: Request[Any, Any, Any], seq: Annotated[int, Parameter(ge=1, le=MAX_POSITION)]
     ) -> Response[bytes]:
-        runtime: Runtime = request.app.state.runtime
-        tenant_id = principal_of(request.scope).tenant_id
-        async with tenant_transaction(runtime.pool, tenant_id, readonly=True) as conn:
+        pool, tenant_id = _tenant(request)
+        async with tenant_transaction(pool, tenant_id, readonly=True) as conn:
             leaf = await conn.fetchval(
                 "SELECT leaf FROM event_log WHERE tenant_id = $1 AND seq = $2", tenant_id, seq
             )

@@ -199,7 +199,9 @@ class Notary:
                     outcomes.append(await self.sign_tenant(tenant_id))
                 except (ConflictError, UnavailableError, asyncpg.PostgresError, OSError) as e:
                     # One tenant's trouble is not the round's: it is tried again next round.
-                    log.warning("notary skipped tenant %s this round: %s", tenant_id, e)
+                    log.warning(
+                        "notary skipped tenant %s this round: %s", tenant_id, type(e).__name__
+                    )
 
         after: UUID | None = None
         backlog = 0
@@ -527,7 +529,3 @@ def load_signers(text: str) -> list[Signer]:
     if not signers:
         raise NoteError("no signing key found")
     return signers
-
-
-def checkpoint_time(checkpoint: StoredCheckpoint) -> str:
-    return checkpoint.signed_at.astimezone(UTC).isoformat()
