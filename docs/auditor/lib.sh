@@ -39,57 +39,77 @@ need_file() { # need_file PATH WHAT; a path like /dev/fd/63 from <(...) is fine
 	fi
 }
 
-to_hex() { od -An -v -tx1 | tr -d ' \n'; }
+# Processes are what these scripts spend their time on (a fork and exec costs more
+# than hashing a node), so the helpers below start as few as they can: bash builtins
+# turn hex into bytes and read answers back from files.
 
-hex_to_bytes() {
-	local hex=$1 escaped="" i
-	for ((i = 0; i < ${#hex}; i += 2)); do
-		escaped+="\\x${hex:i:2}"
-	done
-	printf '%b' "$escaped"
+file_hex() { # file_hex PATH [SKIP [COUNT]]: sets HEX to those bytes of PATH as hex
+	local args=(-An -v -tx1)
+	if (($# > 1)); then args+=(-j "$2"); fi
+	if (($# > 2)); then args+=(-N "$3"); fi
+	HEX=$(od "${args[@]}" -- "$1")
+	HEX=${HEX//[$' \n']/}
 }
 
-b64_hash_to_hex() { printf '%s' "$1" | base64 -d | to_hex; } # only after matching HASH_RE
+hash_to_bytes() { # hash_to_bytes HEX: the 32 bytes of 64 hex digits, on stdout
+	printf "\\x${1:0:2}\\x${1:2:2}\\x${1:4:2}\\x${1:6:2}\\x${1:8:2}\\x${1:10:2}\\x${1:12:2}\\x${1:14:2}\\x${1:16:2}\\x${1:18:2}\\x${1:20:2}\\x${1:22:2}\\x${1:24:2}\\x${1:26:2}\\x${1:28:2}\\x${1:30:2}\\x${1:32:2}\\x${1:34:2}\\x${1:36:2}\\x${1:38:2}\\x${1:40:2}\\x${1:42:2}\\x${1:44:2}\\x${1:46:2}\\x${1:48:2}\\x${1:50:2}\\x${1:52:2}\\x${1:54:2}\\x${1:56:2}\\x${1:58:2}\\x${1:60:2}\\x${1:62:2}"
+}
+
+sha256_file() { # sha256_file PATH: sets SUM to the hex SHA-256 of PATH
+	sha256sum -- "$1" >"$WORK/sum"
+	read -r SUM _ <"$WORK/sum"
+}
+
+b64_hash_to_hex() { # b64_hash_to_hex B64: sets HEX (only after matching HASH_RE)
+	printf '%s' "$1" | base64 -d >"$WORK/b64"
+	file_hex "$WORK/b64"
+}
 
 # b64_hashes_to_hex LINE...: sets HASHES to the hex of each (all matched HASH_RE first).
-# One base64 and one od for the whole proof: a process per line would cost more than
-# the hashing itself.
+# One base64 and one od for the whole proof, not one per line.
 b64_hashes_to_hex() {
-	local all i
+	local i
 	HASHES=()
 	(($#)) || return 0
-	all=$(printf '%s\n' "$@" | base64 -d | to_hex)
+	printf '%s\n' "$@" | base64 -d >"$WORK/b64"
+	file_hex "$WORK/b64"
 	for ((i = 0; i < $#; i++)); do
-		HASHES+=("${all:i*64:64}")
+		HASHES+=("${HEX:i*64:64}")
 	done
 }
 
 node_hash() { # node_hash LEFT RIGHT: sets NODE = SHA-256(0x01 || left || right), hex
-	local out
-	out=$(hex_to_bytes "01$1$2" | sha256sum)
+	{
+		printf '\001'
+		hash_to_bytes "$1"
+		hash_to_bytes "$2"
+	} >"$WORK/node"
+	sha256_file "$WORK/node"
 	# shellcheck disable=SC2034 # read by the script that sources this file
-	NODE=${out:0:64}
+	NODE=$SUM
 }
 
 read_lines() { # read_lines PATH WHAT: sets LINES to the file's lines
-	local path=$1 what=$2 size clean last
+	local path=$1 what=$2 size line total=0
 	need_file "$path" "$what"
 	cp -- "$path" "$WORK/text" # read once: a pipe or a changing file gives one answer
 	size=$(wc -c <"$WORK/text")
 	if ((size > MAX_TEXT_BYTES)); then
 		fail "$what is larger than $MAX_TEXT_BYTES bytes"
 	fi
-	clean=$(tr -d '\000-\011\013-\037' <"$WORK/text" | wc -c)
-	if ((clean != size)); then
+	mapfile -t LINES <"$WORK/text"
+	for line in "${LINES[@]}"; do
+		if [[ $line == *[$'\001'-$'\011\013'-$'\037']* ]]; then
+			fail "$what holds control characters other than newlines"
+		fi
+		total=$((total + ${#line} + 1)) # bytes (LC_ALL=C), with the line's newline
+	done
+	if ((total == size + 1)); then
+		fail "$what does not end with a newline"
+	fi
+	if ((total != size)); then # a NUL byte, which a bash string cannot hold
 		fail "$what holds control characters other than newlines"
 	fi
-	if ((size > 0)); then
-		last=$(tail -c 1 "$WORK/text" | to_hex)
-		if [[ $last != 0a ]]; then
-			fail "$what does not end with a newline"
-		fi
-	fi
-	mapfile -t LINES <"$WORK/text"
 }
 
 load_key() { # load_key PEM NAME: sets KEY_FILE, KEY_NAME, KEY_ID (8 hex digits)
@@ -98,18 +118,34 @@ load_key() { # load_key PEM NAME: sets KEY_FILE, KEY_NAME, KEY_ID (8 hex digits)
 	if [[ ! $name =~ ^[^[:space:]+]{1,255}$ || $name == *"$DASH"* ]]; then
 		fail "the key name is not 1-255 characters without spaces, '+' or '$DASH'"
 	fi
-	if ! openssl pkey -pubin -in "$pem" -outform DER -out "$der" 2>/dev/null; then
+	# PEM is base64 of the DER between its BEGIN and END lines: decoded here, without
+	# an openssl process (each costs more than all the hashing of a receipt).
+	local pem_lines line body="" state=before
+	mapfile -t pem_lines <"$pem"
+	for line in "${pem_lines[@]}"; do
+		line=${line%$'\r'}
+		case $state/$line in
+		before/"-----BEGIN PUBLIC KEY-----") state=inside ;;
+		inside/"-----END PUBLIC KEY-----") state=after ;;
+		inside/*) body+=$line ;;
+		esac
+	done
+	if [[ $state != after || ! $body =~ ^[A-Za-z0-9+/]+={0,2}$ ]] ||
+		! printf '%s' "$body" | base64 -d >"$der" 2>/dev/null; then
 		fail "the public key file is not a PEM public key"
 	fi
-	if [[ $(wc -c <"$der") -ne 44 || $(head -c 12 "$der" | to_hex) != "$ED25519_SPKI_PREFIX" ]]; then
+	file_hex "$der"
+	if [[ ${#HEX} -ne 88 || ${HEX:0:24} != "$ED25519_SPKI_PREFIX" ]]; then
 		fail "the public key is not an Ed25519 key"
 	fi
-	KEY_FILE=$WORK/key.pem
-	openssl pkey -pubin -inform DER -in "$der" -out "$KEY_FILE"
+	KEY_FILE=$der # DER, as openssl pkeyutl -keyform DER reads it
 	# key id = SHA-256(name || 0x0A || 0x01 || 32-byte public key)[:4] (c2sp.org/signed-note)
-	local out
-	out=$({ printf '%s\n\001' "$name"; tail -c 32 "$der"; } | sha256sum)
-	KEY_ID=${out:0:8}
+	{
+		printf '%s\n\001' "$name"
+		hash_to_bytes "${HEX:24:64}"
+	} >"$WORK/key-id-input"
+	sha256_file "$WORK/key-id-input"
+	KEY_ID=${SUM:0:8}
 	KEY_NAME=$name
 }
 
@@ -150,7 +186,8 @@ check_checkpoint() { # check_checkpoint WHAT ORIGIN: NOTE holds the note's lines
 		if ! printf '%s' "${BASH_REMATCH[2]}" | base64 -d >"$raw" 2>/dev/null; then
 			fail "$what has a malformed signature line"
 		fi
-		if [[ $(head -c 4 "$raw" | to_hex) == "$KEY_ID" ]]; then
+		file_hex "$raw"
+		if [[ ${HEX:0:8} == "$KEY_ID" ]]; then
 			found=yes
 			break
 		fi
@@ -159,15 +196,20 @@ check_checkpoint() { # check_checkpoint WHAT ORIGIN: NOTE holds the note's lines
 		fail "$what has no signature by $KEY_NAME (key id $KEY_ID)"
 	fi
 	# A line with our name and key id whose signature fails is a forgery, not noise.
-	if [[ $(wc -c <"$raw") -ne 68 ]]; then
+	if ((${#HEX} != 136)); then
 		fail "the signature of $KEY_NAME on $what does not verify"
 	fi
-	tail -c 64 "$raw" >"$WORK/signature.ed25519"
+	{
+		hash_to_bytes "${HEX:8:64}"
+		hash_to_bytes "${HEX:72:64}"
+	} >"$WORK/signature.ed25519"
 	printf '%s\n' "${NOTE[@]:0:blank}" >"$WORK/signed-body" # the signed message: body lines, each with its newline
-	if ! openssl pkeyutl -verify -pubin -inkey "$KEY_FILE" -rawin \
+	if ! openssl pkeyutl -verify -pubin -keyform DER -inkey "$KEY_FILE" -rawin \
 		-in "$WORK/signed-body" -sigfile "$WORK/signature.ed25519" >/dev/null 2>&1; then
 		fail "the signature of $KEY_NAME on $what does not verify"
 	fi
 	# shellcheck disable=SC2034 # read by the script that sources this file
-	CP_SIZE=${NOTE[1]} CP_ROOT_B64=${NOTE[2]} CP_ROOT=$(b64_hash_to_hex "${NOTE[2]}")
+	b64_hash_to_hex "${NOTE[2]}"
+	# shellcheck disable=SC2034 # read by the script that sources this file
+	CP_SIZE=${NOTE[1]} CP_ROOT_B64=${NOTE[2]} CP_ROOT=$HEX
 }

@@ -10,7 +10,9 @@
 # and exits 1. Needs only bash, coreutils and openssl 3.0 or later.
 
 # shellcheck source=lib.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+HERE=${BASH_SOURCE[0]%/*} # the directory of this script, without a dirname process
+if [[ $HERE == "${BASH_SOURCE[0]}" ]]; then HERE=.; fi
+source "$HERE/lib.sh"
 
 need_args 6 "verify-consistency.sh OLD_CHECKPOINT NEW_CHECKPOINT PROOF PUBKEY_PEM KEY_NAME ORIGIN" "$@"
 OLD=$1 NEW=$2 PROOF_FILE=$3 PEM=$4 NAME=$5 ORIGIN=$6

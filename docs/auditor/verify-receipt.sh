@@ -9,7 +9,9 @@
 # and exits 1. Needs only bash, coreutils and openssl 3.0 or later.
 
 # shellcheck source=lib.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+HERE=${BASH_SOURCE[0]%/*} # the directory of this script, without a dirname process
+if [[ $HERE == "${BASH_SOURCE[0]}" ]]; then HERE=.; fi
+source "$HERE/lib.sh"
 
 need_args 5 "verify-receipt.sh LEAF RECEIPT PUBKEY_PEM KEY_NAME ORIGIN" "$@"
 LEAF=$1 RECEIPT=$2 PEM=$3 NAME=$4 ORIGIN=$5
@@ -55,11 +57,12 @@ check_checkpoint "the checkpoint" "$ORIGIN"
 SIZE=$CP_SIZE ROOT=$CP_ROOT
 
 # 3. The inclusion proof (RFC 9162 section 2.1.3.2) from SHA-256(0x00 || leaf) to the root.
-out=$({
+{
 	printf '\0'
 	cat -- "$LEAF"
-} | sha256sum)
-LEAF_HASH=${out:0:64}
+} >"$WORK/leaf-input"
+sha256_file "$WORK/leaf-input"
+LEAF_HASH=$SUM
 if ((INDEX >= SIZE)); then
 	fail "index $INDEX is not below the tree size $SIZE"
 fi
