@@ -15,6 +15,9 @@ import asyncpg
 
 APP_ROLE = "strongroom_app"
 OWNER_ROLE = "strongroom_owner"
+CLI_ROLE = "strongroom_cli"
+"""The investigation commands' role: RLS like the app, reads the log, appends only
+their own audit events, and reaches no credential table (infra/sql/0017)."""
 
 SERVER_SETTINGS = {
     "application_name": "strongroom",

@@ -63,7 +63,9 @@ def port_of(url: str) -> int | None:
 async def database_urls(settings: Settings) -> AsyncIterator[DatabaseUrls]:
     if settings.database_url is not None:
         yield DatabaseUrls(
-            owner=settings.owner_database_url or settings.database_url, app=settings.database_url
+            owner=settings.owner_database_url or settings.database_url,
+            app=settings.database_url,
+            cli=settings.cli_database_url,
         )
         return
     pg_dir = settings.data_dir / "postgres"

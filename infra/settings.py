@@ -39,10 +39,13 @@ class Settings:
     data_dir: Path = Path(".strongroom")
     host: str = "127.0.0.1"
     port: int = 8700
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)  # holds a password
     """App-role connection (no BYPASSRLS). None: the embedded server."""
-    owner_database_url: str | None = None
+    owner_database_url: str | None = field(default=None, repr=False)  # holds a password
     """Owner-role connection used only by migrations. Defaults to ``database_url``."""
+    cli_database_url: str | None = field(default=None, repr=False)  # holds a password
+    """Investigation-role connection (``strongroom_cli``) for ``events``, ``state``,
+    ``timeline``, ``verify``, ``export``... Needed with an external ``database_url``."""
     nats_url: str | None = None
     master_key: bytes | None = field(default=None, repr=False)
     master_key_file: Path | None = None
@@ -92,6 +95,7 @@ class Settings:
         take("port", _parse_port)
         take("database_url", _postgres_url)
         take("owner_database_url", _postgres_url)
+        take("cli_database_url", _postgres_url)
         take("nats_url", _nats_url)
         take("master_key", _parse_master_key)
         take("master_key_file", lambda _v, raw: Path(raw))

@@ -1,7 +1,8 @@
 """One real PostgreSQL (and NATS, when a test asks) per test session.
 
 Embedded servers under a temporary directory by default; with
-``STRONGROOM_DATABASE_URL`` (app role), ``STRONGROOM_OWNER_DATABASE_URL`` and
+``STRONGROOM_DATABASE_URL`` (app role), ``STRONGROOM_OWNER_DATABASE_URL``,
+``STRONGROOM_CLI_DATABASE_URL`` and
 ``STRONGROOM_TEST_SUPERUSER_URL`` set, those servers are used instead (and
 ``STRONGROOM_NATS_URL`` for NATS). Tests isolate themselves by using fresh
 tenant ids: the log is append-only, so nothing is ever cleaned up.
@@ -36,6 +37,8 @@ class Database:
     superuser_url: str
     owner_url: str
     app_url: str
+    cli_url: str
+    """The investigation role (strongroom_cli)."""
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +53,7 @@ def database(data_dir: Path) -> Iterator[Database]:
             superuser_url=os.environ["STRONGROOM_TEST_SUPERUSER_URL"],
             owner_url=os.environ["STRONGROOM_OWNER_DATABASE_URL"],
             app_url=os.environ["STRONGROOM_DATABASE_URL"],
+            cli_url=os.environ["STRONGROOM_CLI_DATABASE_URL"],
         )
         asyncio.run(migrate(db.owner_url))
         asyncio.run(ensure_projections(db.owner_url, ALL_PROJECTIONS))
@@ -61,7 +65,8 @@ def database(data_dir: Path) -> Iterator[Database]:
         urls = asyncio.run(prepare_embedded_database(superuser_url, data_dir / "postgres"))
         asyncio.run(migrate(urls.owner))
         asyncio.run(ensure_projections(urls.owner, ALL_PROJECTIONS))
-        yield Database(superuser_url, urls.owner, urls.app)
+        assert urls.cli is not None
+        yield Database(superuser_url, urls.owner, urls.app, urls.cli)
     finally:
         server.stop()
 
