@@ -41,7 +41,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -251,12 +251,15 @@ async def export_evidence(
     witnesses: Sequence[Verifier] = (),
     progress: Callable[[int, int], None] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    before_publish: Callable[[ExportReport], Awaitable[object]] | None = None,
 ) -> ExportReport:
     """Write the bundle of events ``first..last`` (default: the whole log) to ``out``.
 
     ``out`` ending in ``.tar`` is a tar file, anything else a directory; neither
     may exist. Everything is read in one read-only transaction of the tenant,
     the leaves a page at a time. ``progress(done, total)`` after each page.
+    ``before_publish(report)`` is awaited once the bundle is complete and before it
+    appears at ``out`` (the audit event of the export): if it raises, nothing does.
     """
     for witness in witnesses:
         if witness.key_type != COSIGNATURE_KEY_TYPE:
@@ -274,6 +277,8 @@ async def export_evidence(
             clock,
             out,
         )
+        if before_publish is not None:
+            await before_publish(report)
         await asyncio.to_thread(output.finish)
         return report
     except BaseException:

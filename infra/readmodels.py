@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from infra.db import APP_ROLE, SERVER_SETTINGS, set_tenant, tenant_transaction
 from infra.eventstore import EventStore
@@ -34,6 +37,7 @@ from infra.projector import (
     Applier,
     HandlerFailedError,
     Transactions,
+    describe,
 )
 from projections.base import Projection
 
@@ -64,8 +68,15 @@ async def _tables(conn: asyncpg.Connection, schema: str) -> list[str]:
     return [r["relname"] for r in rows]
 
 
-async def create_copy(conn: asyncpg.Connection, projection: Projection, schema: str) -> None:
-    """Create ``schema`` with the projection's tables, secured (inside a transaction)."""
+async def create_copy(
+    conn: asyncpg.Connection,
+    projection: Projection,
+    schema: str,
+    *,
+    grantees: Sequence[str] = (APP_ROLE,),
+) -> None:
+    """Create ``schema`` with the projection's tables, secured (inside a transaction);
+    ``grantees`` may read and write its rows (as row-level security lets them)."""
     await conn.execute(f'CREATE SCHEMA "{schema}"')
     path = await conn.fetchval("SELECT current_setting('search_path')")
     await conn.execute("SELECT set_config('search_path', $1, true)", f'"{schema}"')
@@ -99,9 +110,10 @@ async def create_copy(conn: asyncpg.Connection, projection: Projection, schema: 
         f'CREATE POLICY platform_read ON "{schema}".position FOR SELECT TO CURRENT_USER '
         "USING (true)"
     )
-    await conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {APP_ROLE}')
+    roles = ", ".join(grantees)
+    await conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {roles}')
     await conn.execute(
-        f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO {APP_ROLE}'
+        f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO {roles}'
     )
 
 
@@ -379,3 +391,108 @@ async def _swap_tenant(
         projection.name,
         tenant_id,
     )
+
+
+# ---- a copy as of a past point (``strongroom replay dry-run``) ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AsOfCopy:
+    """A projection rebuilt for one tenant up to a seq, in a scratch schema."""
+
+    schema: str
+    tenant_id: UUID
+    until: int
+    events: int
+    """Events read from the log (handled or not) to get there."""
+    failed_at: int | None
+    """The seq of an event the projection raised for: the copy stops before it."""
+    failure: str | None
+    tables: dict[str, list[dict[str, Any]]]
+    """Each table's rows for the tenant (at most ``max_rows``), in primary-key order."""
+    truncated: list[str]
+    kept: bool
+
+
+async def build_as_of(
+    owner_url: str,
+    pool: asyncpg.Pool,
+    store: EventStore,
+    projection: Projection,
+    tenant_id: UUID,
+    until: int,
+    *,
+    grantee: str,
+    keep: bool = False,
+    max_rows: int = 1000,
+    progress: Progress | None = None,
+) -> AsOfCopy:
+    """Rebuild ``projection`` for ``tenant_id`` from the store up to ``until`` into a
+    fresh ``scratch_<name>_<random>`` schema, read its rows, and drop it (unless
+    ``keep``). The live read model is never touched, and nothing is registered.
+
+    The owner only creates (and drops) the schema; the events are applied and the
+    rows read by ``pool`` (the investigation role, granted the schema), in the
+    tenant's transactions, under row-level security as everywhere else.
+    """
+    schema = f"scratch_{projection.name}_{secrets.token_hex(4)}"
+    owner = await asyncpg.connect(owner_url, server_settings=SERVER_SETTINGS)
+    try:
+        async with owner.transaction():
+            await create_copy(owner, projection, schema, grantees=(grantee,))
+        applier = Applier(store, projection, schema=schema)
+        transactions = _pooled(pool, tenant_id)
+        built = _Built(until, progress)
+        failed_at: int | None = None
+        failure: str | None = None
+        while True:
+            try:
+                page = await applier.apply_in(transactions, tenant_id, until, PAGE)
+            except HandlerFailedError as failed:
+                async with transactions() as conn:
+                    page = await applier.apply_page(
+                        conn, tenant_id, failed.seq - 1, PAGE, batched=False
+                    )
+                built.add(page.after - page.before)
+                if page.after >= failed.seq - 1:
+                    failed_at, failure = failed.seq, describe(failed.cause)
+                    break
+                continue
+            built.add(page.after - page.before)
+            if page.after >= until or page.after == page.before:
+                break
+        tables: dict[str, list[dict[str, Any]]] = {}
+        truncated = []
+        async with tenant_transaction(pool, tenant_id, readonly=True) as conn:
+            for table in await _tables(conn, schema):
+                if table == "position":
+                    continue
+                key = await _primary_key(conn, schema, table)
+                rows = await conn.fetch(
+                    f'SELECT * FROM "{schema}"."{table}" ORDER BY {key} LIMIT $1',
+                    max_rows + 1,
+                )
+                if len(rows) > max_rows:
+                    truncated.append(table)
+                tables[table] = [
+                    msgspec.to_builtins(dict(r), str_keys=True) for r in rows[:max_rows]
+                ]
+        return AsOfCopy(
+            schema, tenant_id, until, built.done, failed_at, failure, tables, truncated, keep
+        )
+    finally:
+        try:
+            if not keep:
+                await owner.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await owner.close()
+
+
+async def _primary_key(conn: asyncpg.Connection, schema: str, table: str) -> str:
+    columns = await conn.fetch(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = $1::regclass AND i.indisprimary "
+        "ORDER BY array_position(i.indkey::int2[], a.attnum)",
+        f'"{schema}"."{table}"',
+    )
+    return ", ".join(f'"{c["attname"]}"' for c in columns) or "1"

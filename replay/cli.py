@@ -21,13 +21,12 @@ from uuid import UUID
 import asyncpg
 import click
 import uvicorn
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from api.app import create_app
 from infra.bootstrap import prepare_embedded_database
-from infra.db import create_pool
 from infra.embedded import EmbeddedNats, EmbeddedPostgres, ensure_port_free
+from infra.investigations import Operator
 from infra.keyring import load_or_create_dev_master_key
 from infra.local import (
     RunInfo,
@@ -45,7 +44,7 @@ from infra.services import create_platform_token
 from infra.settings import Settings
 from infra.verify import VerifyReport, verify_tenant
 from projections import ALL as ALL_PROJECTIONS
-from replay import evidence, pipeline, witness
+from replay import evidence, investigate, pipeline, witness
 from replay.common import (
     CommandFailed,
     err,
@@ -53,6 +52,7 @@ from replay.common import (
     load_settings,
     out,
     print_json,
+    progress_bar,
 )
 from replay.demo import DEMO_SLUG, Demo, create_demo
 
@@ -265,15 +265,23 @@ def platform_token(as_json: bool) -> None:
 @cli.command()
 @click.argument("bundle", required=False, type=click.Path(path_type=Path))
 @click.option("--tenant", "tenant", help="Tenant id (UUID): verify its stored log online.")
+@investigate.operator_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @evidence.bundle_options
 @friendly_errors
-def verify(bundle: Path | None, tenant: str | None, as_json: bool, **bundle_options: Any) -> None:
+def verify(
+    bundle: Path | None,
+    tenant: str | None,
+    operator: str | None,
+    as_json: bool,
+    **bundle_options: Any,
+) -> None:
     """Verify an evidence BUNDLE offline, or --tenant ID's stored log online.
 
     BUNDLE: every leaf hash, the chain, each signed root, signatures, witness
     cosignatures and consistency proofs (see `strongroom export evidence`).
-    --tenant: recompute the hashes, chain and Merkle tree from the stored leaves.
+    --tenant: recompute the hashes, chain and Merkle tree from the stored leaves
+    (recorded in the tenant's log as an investigation, like `strongroom events`).
     Exit 0 when everything holds; 1 naming the first failure.
     """
     if (bundle is None) == (tenant is None):
@@ -288,11 +296,12 @@ def verify(bundle: Path | None, tenant: str | None, as_json: bool, **bundle_opti
         tenant_id = UUID(tenant)
     except ValueError:
         raise CommandFailed(f"--tenant: {tenant!r} is not a UUID") from None
-    report = asyncio.run(_verify(tenant_id, show_progress=not as_json and out.is_terminal))
-    if report.size == 0:
-        raise CommandFailed(f"tenant {tenant_id} has no log here")
+    who = investigate.resolve_operator(operator)
+    report, audit_seq = asyncio.run(
+        _verify(tenant_id, who, show_progress=not as_json and out.is_terminal)
+    )
     if as_json:
-        print_json(_report_dict(report))
+        print_json({**_report_dict(report), "investigation_seq": audit_seq})
     else:
         table = Table(title=f"tenant {report.tenant_id}", show_header=False)
         table.add_row("events", f"{report.checked} of {report.size}")
@@ -303,26 +312,22 @@ def verify(bundle: Path | None, tenant: str | None, as_json: bool, **bundle_opti
             table.add_row("result", f"[red]FIRST BAD SEQ {report.first_bad_seq}[/red]")
             table.add_row("reason", report.reason or "")
         out.print(table)
+        investigate.show_recorded(audit_seq)
     if not report.ok:
         sys.exit(1)
 
 
-async def _verify(tenant_id: UUID, *, show_progress: bool) -> VerifyReport:
-    async with database_urls(load_settings()) as urls:
-        pool = await create_pool(urls.app, min_size=1, max_size=2)
-        try:
-            if not show_progress:
-                return await verify_tenant(pool, tenant_id)
-            columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-            with Progress(*Progress.get_default_columns()[:1], *columns, console=err) as bar:
-                task = bar.add_task("verifying", total=None)
-                return await verify_tenant(
-                    pool,
-                    tenant_id,
-                    progress=lambda done, size: bar.update(task, completed=done, total=size),
-                )
-        finally:
-            await pool.close()
+async def _verify(
+    tenant_id: UUID, operator: Operator, *, show_progress: bool
+) -> tuple[VerifyReport, int]:
+    async with investigate.investigating(load_settings(), operator, decrypt=False) as s:
+        pool, investigator = s.investigator.pool, s.investigator
+        await investigator.head_size(tenant_id)  # an unknown tenant fails here
+        with progress_bar(show_progress, "verifying") as progress:
+            report = await verify_tenant(pool, tenant_id, progress=progress)
+        filters = {"ok": report.ok, "size": report.size}
+        audit_seq = await investigator.record(tenant_id, "verify", filters, report.checked)
+        return report, audit_seq
 
 
 def _report_dict(report: VerifyReport) -> dict[str, Any]:
@@ -337,8 +342,9 @@ def _report_dict(report: VerifyReport) -> dict[str, Any]:
     }
 
 
-for command in pipeline.COMMANDS:
+for command in (*pipeline.COMMANDS, *investigate.COMMANDS):
     cli.add_command(command)
+pipeline.replay_group.add_command(investigate.DRY_RUN)
 cli.add_command(witness.witness_group)
 cli.add_command(evidence.export_group)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from domain.errors import StrongroomError
 from infra import logcontext
@@ -83,3 +85,25 @@ def load_settings(**overrides: Any) -> Settings:
 
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+@contextmanager
+def progress_bar(enabled: bool, label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr, fed ``(done, total)``; None when not ``enabled``."""
+    if not enabled:
+        yield None
+        return
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*Progress.get_default_columns()[:1], *columns, console=err) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@contextmanager
+def spinner(enabled: bool, label: str) -> Iterator[None]:
+    """A spinner on stderr while work of unknown length runs."""
+    if not enabled:
+        yield
+        return
+    with err.status(label):
+        yield

@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
 import click
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from infra.db import create_pool
 from infra.evidence import BundleReport, ExportReport, KeySource, export_evidence, verify_bundle
-from infra.local import database_urls
 from infra.notes import COSIGNATURE_KEY_TYPE, NOTE_KEY_TYPE, NoteError, Verifier
 from infra.witness import parse_witnesses
-from replay.common import CommandFailed, err, friendly_errors, load_settings, out, print_json
+from replay import investigate
+from replay.common import (
+    CommandFailed,
+    friendly_errors,
+    load_settings,
+    out,
+    print_json,
+    progress_bar,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,17 +55,6 @@ def _parse_keys(option: str, texts: list[str], key_type: int) -> list[Verifier]:
     return keys
 
 
-@contextmanager
-def _progress(enabled: bool, label: str) -> Iterator[Callable[[int, int], None] | None]:
-    if not enabled:
-        yield None
-        return
-    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*Progress.get_default_columns()[:1], *columns, console=err) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
 # ---- export ---------------------------------------------------------------------------
 
 
@@ -82,6 +75,7 @@ def export_group() -> None:
     metavar="VKEY",
     help="A witness cosigner key to name in the bundle (repeatable; adds to STRONGROOM_WITNESSES).",
 )
+@investigate.operator_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @friendly_errors
 def export_evidence_command(
@@ -90,13 +84,15 @@ def export_evidence_command(
     first: int | None,
     last: int | None,
     witness_keys: tuple[str, ...],
+    operator: str | None,
     as_json: bool,
 ) -> None:
     """Write an evidence bundle of one tenant's log to OUT (OUT.tar: a tar; else a directory).
 
     Leaves with their exact bytes and recorded hashes, the signed checkpoints in
     the range, consistency proofs between them, the notary and witness keys, a
-    README and a manifest. OUT must not exist.
+    README and a manifest. OUT must not exist. The export is recorded in the
+    tenant's log (investigation.performed) before the bundle appears at OUT.
     """
     try:
         tenant_id = UUID(tenant)
@@ -115,22 +111,31 @@ def export_evidence_command(
         if w not in configured
     ]
 
+    who = investigate.resolve_operator(operator)
+    audit_seqs: list[int] = []
+
     async def run() -> ExportReport:
-        async with database_urls(settings) as urls:
-            pool = await create_pool(urls.app, min_size=1, max_size=2)
-            try:
-                with _progress(not as_json and out.is_terminal, "exporting") as progress:
-                    return await export_evidence(
-                        pool,
-                        tenant_id,
-                        out_path,
-                        first=first,
-                        last=last,
-                        witnesses=witnesses,
-                        progress=progress,
-                    )
-            finally:
-                await pool.close()
+        async with investigate.investigating(settings, who, decrypt=False) as s:
+            investigator = s.investigator
+            await investigator.head_size(tenant_id)  # an unknown tenant fails here
+
+            async def record(report: ExportReport) -> None:
+                filters = {"from": report.first, "to": report.last, "out": out_path.name}
+                audit_seqs.append(
+                    await investigator.record(tenant_id, "export evidence", filters, report.events)
+                )
+
+            with progress_bar(not as_json and out.is_terminal, "exporting") as progress:
+                return await export_evidence(
+                    investigator.pool,
+                    tenant_id,
+                    out_path,
+                    first=first,
+                    last=last,
+                    witnesses=witnesses,
+                    progress=progress,
+                    before_publish=record,
+                )
 
     report = asyncio.run(run())
     if as_json:
@@ -146,6 +151,7 @@ def export_evidence_command(
                 "last_checkpoint": report.last_checkpoint,
                 "uncovered_events": report.uncovered,
                 "bytes": report.bytes,
+                "investigation_seq": audit_seqs[0],
             }
         )
         return
@@ -167,6 +173,7 @@ def export_evidence_command(
     table.add_row("not covered", f"{report.uncovered} event(s) after the last checkpoint")
     table.add_row("size", f"{report.bytes:,} bytes")
     out.print(table)
+    investigate.show_recorded(audit_seqs[0])
 
 
 # ---- verify BUNDLE --------------------------------------------------------------------
@@ -252,7 +259,7 @@ def verify_bundle_command(
     witness_keys = (
         _parse_keys("--witness", list(witnesses), COSIGNATURE_KEY_TYPE) if witnesses else None
     )
-    with _progress(not as_json and out.is_terminal, "verifying") as progress:
+    with progress_bar(not as_json and out.is_terminal, "verifying") as progress:
         report = verify_bundle(
             bundle,
             log_keys=log_keys,

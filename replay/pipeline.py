@@ -197,39 +197,48 @@ def projections_status(show_all: bool, as_json: bool) -> None:
     """Positions, lag and parked partitions of every projection."""
 
     async def run() -> list[dict[str, Any]]:
-        async with _connected(load_settings(), need_key=False) as c:
-            registry = {
-                r["name"]: r
-                for r in await c.pool.fetch(
-                    "SELECT name, ddl_sha256, built_at FROM projection_registry"
-                )
-            }
-            found = []
-            for projection in ALL_PROJECTIONS:
-                row = registry.get(projection.name)
-                parts = await partitions(c.pool, projection.name) if row else []
-                built_at: datetime | None = row["built_at"] if row else None
-                found.append(
-                    {
-                        "projection": projection.name,
-                        "built_at": built_at.isoformat() if built_at else None,
-                        "tables": "missing"
-                        if row is None
-                        else "current"
-                        if row["ddl_sha256"] == ddl_sha256(projection)
-                        else "outdated",
-                        "tenants": len(parts),
-                        "behind": sum(1 for p in parts if _state(p) == "behind"),
-                        "parked": sum(1 for p in parts if p.parked_seq is not None),
-                        "lag": sum(p.lag for p in parts),
-                        "partitions": [
-                            _partition_dict(p)
-                            for p in parts
-                            if show_all or p.lag or p.parked_seq is not None
-                        ],
-                    }
-                )
-            return found
+        async with database_urls(load_settings()) as urls:
+            if urls.cli is None:
+                raise CommandFailed("needs STRONGROOM_CLI_DATABASE_URL (docs/operations.md)")
+            # Read-only: the investigation role, which sees positions through
+            # projection_partitions() and no read-model row.
+            pool = await create_pool(urls.cli, min_size=1, max_size=1)
+            try:
+                return await _status(pool)
+            finally:
+                await pool.close()
+
+    async def _status(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+        registry = {
+            r["name"]: r
+            for r in await pool.fetch("SELECT name, ddl_sha256, built_at FROM projection_registry")
+        }
+        found = []
+        for projection in ALL_PROJECTIONS:
+            row = registry.get(projection.name)
+            parts = await partitions(pool, projection.name) if row else []
+            built_at: datetime | None = row["built_at"] if row else None
+            found.append(
+                {
+                    "projection": projection.name,
+                    "built_at": built_at.isoformat() if built_at else None,
+                    "tables": "missing"
+                    if row is None
+                    else "current"
+                    if row["ddl_sha256"] == ddl_sha256(projection)
+                    else "outdated",
+                    "tenants": len(parts),
+                    "behind": sum(1 for p in parts if _state(p) == "behind"),
+                    "parked": sum(1 for p in parts if p.parked_seq is not None),
+                    "lag": sum(p.lag for p in parts),
+                    "partitions": [
+                        _partition_dict(p)
+                        for p in parts
+                        if show_all or p.lag or p.parked_seq is not None
+                    ],
+                }
+            )
+        return found
 
     found = asyncio.run(run())
     if as_json:

@@ -142,6 +142,7 @@ def external(database: Database) -> dict[str, str]:
     return {
         "STRONGROOM_DATABASE_URL": database.app_url,
         "STRONGROOM_OWNER_DATABASE_URL": database.owner_url,
+        "STRONGROOM_CLI_DATABASE_URL": database.cli_url,
     }
 
 
@@ -169,13 +170,21 @@ async def test_verify_passes_an_intact_log_and_names_the_first_bad_seq(
 ) -> None:
     tenant = uuid.uuid4()
     await append_events(store, tenant, 12)
+    head = await store.head(tenant)
 
-    result = run("verify", "--tenant", str(tenant), "--json", env=external(database))
+    result = run(
+        "verify", "--tenant", str(tenant), "--json", "--operator", "auditor-7",
+        env=external(database),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["size"] == 12 and report["checked"] == 12
-    head = await store.head(tenant)
     assert head is not None and report["root"] == head.root.hex()
+    # The verification is itself in the tenant's log, after what it verified.
+    audit = await store.read_event(tenant, 13)
+    assert report["investigation_seq"] == 13
+    assert audit.type == "investigation.performed" and audit.actor.id == "auditor-7"
+    assert audit.data["command"] == "verify" and audit.data["returned"] == 12
 
     human = run("verify", "--tenant", str(tenant), env=external(database))
     assert human.returncode == 0 and "intact" in human.stdout
@@ -210,7 +219,8 @@ def test_verify_of_a_tenant_without_a_log_is_an_error(database: Database) -> Non
 
 
 def test_an_unreachable_database_is_one_line_and_debug_shows_the_traceback() -> None:
-    env = {"STRONGROOM_DATABASE_URL": f"postgresql://x:y@127.0.0.1:{free_port()}/none"}
+    nowhere = f"postgresql://x:y@127.0.0.1:{free_port()}/none"
+    env = {"STRONGROOM_DATABASE_URL": nowhere, "STRONGROOM_CLI_DATABASE_URL": nowhere}
     result = run("verify", "--tenant", str(uuid.uuid4()), env=env)
     assert result.returncode == 2
     assert "cannot connect to PostgreSQL" in result.stderr

@@ -542,6 +542,7 @@ def run(*args: str, database: Database | None = None) -> subprocess.CompletedPro
     if database is not None:
         env["STRONGROOM_DATABASE_URL"] = database.app_url
         env["STRONGROOM_OWNER_DATABASE_URL"] = database.owner_url
+        env["STRONGROOM_CLI_DATABASE_URL"] = database.cli_url
     return subprocess.run(
         [STRONGROOM, *args], capture_output=True, text=True, timeout=120, env=env, check=False
     )

@@ -316,6 +316,7 @@ async def test_the_command_line_names_the_first_bad_seq_and_why(
         **{k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")},
         "STRONGROOM_DATABASE_URL": database.app_url,
         "STRONGROOM_OWNER_DATABASE_URL": database.owner_url,
+        "STRONGROOM_CLI_DATABASE_URL": database.cli_url,
         "COLUMNS": "200",
     }
     result = subprocess.run(
