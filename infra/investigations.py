@@ -538,6 +538,11 @@ class Investigator:
                 raise NotFoundError(f"tenant {tenant_id} has no stream {stream}")
             to_seq: int | None = None
             if point.kind == "seq":
+                assert point.seq is not None
+                if point.seq > size:
+                    raise InvalidFilterError(
+                        f"seq {point.seq} is past the end of the log (size {size})"
+                    )
                 to_seq = point.seq
             elif point.kind == "time":
                 assert point.time is not None

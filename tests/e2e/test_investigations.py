@@ -709,6 +709,7 @@ async def test_state_as_of_a_version_a_seq_and_a_time_equals_the_aggregate_then(
         ("state", "--tenant", tenant, f"auth-{s.tenant}"),
         (*base, "--as-of-seq", "5", "--as-of-version", "2"),
         (*base, "--as-of-version", "9"),
+        (*base, "--as-of-seq", "999999999"),
         (*base, "--as-of-version", "2", "--diff-from", "version:1"),
     )
     at_version, at_seq, at_time = (json.loads(r.stdout) for r in results[:3])
@@ -747,13 +748,14 @@ async def test_state_as_of_a_version_a_seq_and_a_time_equals_the_aggregate_then(
         f"'auth-{s.tenant}' is not an aggregate's stream",
         "give at most one of --as-of-seq, --as-of-version, --as-of",
         f"{stream} has 4 versions, not 9",
+        "seq 999999999 is past the end of the log",
     ]
-    for result, message in zip(results[3:8], messages, strict=True):
+    for result, message in zip(results[3:9], messages, strict=True):
         assert result.returncode == 2, (message, result.stdout)
         assert message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
-    human = results[8]
+    human = results[9]
     assert human.returncode == 0, human.stderr
     # The state, then one changed field: joined, false -> true.
     changed = [line.split() for line in human.stdout.splitlines() if line.count("│") == 4]
