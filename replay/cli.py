@@ -297,11 +297,19 @@ def verify(
     except ValueError:
         raise CommandFailed(f"--tenant: {tenant!r} is not a UUID") from None
     who = investigate.resolve_operator(operator)
-    report, audit_seq = asyncio.run(
+    report, audit_seq, audit_error = asyncio.run(
         _verify(tenant_id, who, show_progress=not as_json and out.is_terminal)
     )
+    if audit_error is not None:
+        err.print(
+            f"[red]warning:[/red] this verification could not be recorded in the tenant's "
+            f"log ({audit_error}); the store refused an append",
+            highlight=False,
+        )
     if as_json:
-        print_json({**_report_dict(report), "investigation_seq": audit_seq})
+        print_json(
+            {**_report_dict(report), "investigation_seq": audit_seq, "audit_error": audit_error}
+        )
     else:
         table = Table(title=f"tenant {report.tenant_id}", show_header=False)
         table.add_row("events", f"{report.checked} of {report.size}")
@@ -312,22 +320,33 @@ def verify(
             table.add_row("result", f"[red]FIRST BAD SEQ {report.first_bad_seq}[/red]")
             table.add_row("reason", report.reason or "")
         out.print(table)
-        investigate.show_recorded(audit_seq)
-    if not report.ok:
+        if audit_seq is not None:
+            investigate.show_recorded(audit_seq)
+    if not report.ok or audit_error is not None:
         sys.exit(1)
 
 
 async def _verify(
     tenant_id: UUID, operator: Operator, *, show_progress: bool
-) -> tuple[VerifyReport, int]:
+) -> tuple[VerifyReport, int | None, str | None]:
+    """The report, and the seq of its audit event or why that could not be written.
+
+    Unlike the commands that show events, a verification is shown even when its audit
+    event cannot be appended: it reveals only hashes and positions, and a log broken
+    so that it refuses appends (a row planted beyond the head) must not also hide the
+    report that says so.
+    """
     async with investigate.investigating(load_settings(), operator, decrypt=False) as s:
         pool, investigator = s.investigator.pool, s.investigator
         await investigator.head_size(tenant_id)  # an unknown tenant fails here
         with progress_bar(show_progress, "verifying") as progress:
             report = await verify_tenant(pool, tenant_id, progress=progress)
         filters = {"ok": report.ok, "size": report.size}
-        audit_seq = await investigator.record(tenant_id, "verify", filters, report.checked)
-        return report, audit_seq
+        try:
+            audit_seq = await investigator.record(tenant_id, "verify", filters, report.checked)
+        except Exception as e:  # reported by type only: the text may quote rows
+            return report, None, type(e).__name__
+        return report, audit_seq, None
 
 
 def _report_dict(report: VerifyReport) -> dict[str, Any]:

@@ -331,3 +331,42 @@ async def test_the_command_line_names_the_first_bad_seq_and_why(
     report = json.loads(result.stdout)
     assert (report["ok"], report["first_bad_seq"]) == (False, 7)
     assert report["reason"] == "event missing"
+
+
+async def test_a_row_planted_beyond_the_head_is_reported_even_though_it_blocks_the_audit(
+    database: Database, store: EventStore, superuser: asyncpg.Connection
+) -> None:
+    # The planted row takes the seq the next append needs, so the verification's own
+    # audit event cannot be written: the report must still be shown (and say why not).
+    tenant = await twenty_events(store)
+    status = await as_rogue_dba(
+        superuser,
+        "INSERT INTO event_log (tenant_id, seq, stream_id, stream_version, event_id, "
+        "event_type, recorded_at, leaf, leaf_hash, chain_hash) "
+        "SELECT tenant_id, 21, stream_id, stream_version + 100, gen_random_uuid(), event_type, "
+        "recorded_at, leaf, leaf_hash, chain_hash FROM event_log "
+        "WHERE tenant_id = $1 AND seq = 20",
+        tenant,
+    )
+    assert status == "INSERT 0 1"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")},
+        "STRONGROOM_DATABASE_URL": database.app_url,
+        "STRONGROOM_OWNER_DATABASE_URL": database.owner_url,
+        "STRONGROOM_CLI_DATABASE_URL": database.cli_url,
+    }
+    result = subprocess.run(
+        [STRONGROOM, "verify", "--tenant", str(tenant), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["ok"], report["first_bad_seq"]) == (False, 21)
+    assert "beyond the head" in report["reason"]
+    assert report["investigation_seq"] is None and report["audit_error"]
+    assert "could not be recorded in the tenant's log" in result.stderr
+    assert "Traceback" not in result.stderr
