@@ -376,12 +376,7 @@ class Investigator:
     async def head_size(self, tenant_id: UUID) -> int:
         """The size of the tenant's log; :class:`TenantNotFoundError` if it has none."""
         async with tenant_transaction(self.pool, tenant_id, readonly=True) as conn:
-            size = await conn.fetchval(
-                "SELECT size FROM tenant_log WHERE tenant_id = $1", tenant_id
-            )
-        if size is None:
-            raise TenantNotFoundError(f"tenant {tenant_id} has no log here")
-        return int(size)
+            return await _size(conn, tenant_id)
 
     # -- the audit event
 
@@ -418,12 +413,8 @@ class Investigator:
     async def list_events(self, tenant_id: UUID, query: EventQuery) -> Page:
         """Up to ``query.limit`` events that pass every filter, in seq order."""
         async with tenant_transaction(self.pool, tenant_id, readonly=True) as conn:
-            size = await conn.fetchval(
-                "SELECT size FROM tenant_log WHERE tenant_id = $1", tenant_id
-            )
-            if size is None:
-                raise TenantNotFoundError(f"tenant {tenant_id} has no log here")
-            after, upto = query.after, int(size)
+            size = await _size(conn, tenant_id)
+            after, upto = query.after, size
             if query.since is not None:
                 after = max(after, await _first_seq_at(conn, tenant_id, query.since, upto) - 1)
             if query.until is not None:
@@ -451,11 +442,7 @@ class Investigator:
     async def event(self, tenant_id: UUID, seq: int) -> tuple[RecordedEvent, Coverage]:
         """One event in full, and the first signed checkpoint that covers it."""
         async with tenant_transaction(self.pool, tenant_id, readonly=True) as conn:
-            size = await conn.fetchval(
-                "SELECT size FROM tenant_log WHERE tenant_id = $1", tenant_id
-            )
-            if size is None:
-                raise TenantNotFoundError(f"tenant {tenant_id} has no log here")
+            size = await _size(conn, tenant_id)
             if not 1 <= seq <= size:
                 raise NotFoundError(f"no event at seq {seq} (the log has {size})")
             rows = await conn.fetch(
@@ -523,11 +510,7 @@ class Investigator:
         _check_text("STREAM", stream)
         aggregate_class = self._aggregate_of(stream)
         async with tenant_transaction(self.pool, tenant_id, readonly=True) as conn:
-            size = await conn.fetchval(
-                "SELECT size FROM tenant_log WHERE tenant_id = $1", tenant_id
-            )
-            if size is None:
-                raise TenantNotFoundError(f"tenant {tenant_id} has no log here")
+            size = await _size(conn, tenant_id)
             first = await conn.fetchrow(
                 "SELECT seq, recorded_at FROM event_log "
                 "WHERE tenant_id = $1 AND stream_id = $2 AND stream_version = 1",
@@ -546,7 +529,7 @@ class Investigator:
                 to_seq = point.seq
             elif point.kind == "time":
                 assert point.time is not None
-                to_seq = await _last_seq_until(conn, tenant_id, point.time, int(size))
+                to_seq = await _last_seq_until(conn, tenant_id, point.time, size)
                 if to_seq < first["seq"]:
                     raise InvalidFilterError(
                         f"{point} is before the first event of {stream} "
@@ -583,6 +566,14 @@ class Investigator:
             last.ts,
             state_view(aggregate),
         )
+
+
+async def _size(conn: asyncpg.Connection, tenant_id: UUID) -> int:
+    """The size of the tenant's log; :class:`TenantNotFoundError` if it has none."""
+    size = await conn.fetchval("SELECT size FROM tenant_log WHERE tenant_id = $1", tenant_id)
+    if size is None:
+        raise TenantNotFoundError(f"tenant {tenant_id} has no log here")
+    return int(size)
 
 
 def _replace(query: EventQuery, **changes: Any) -> EventQuery:
