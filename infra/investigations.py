@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -47,6 +48,7 @@ from infra.repository import EventRegistry, Repository
 AGGREGATES: Final[tuple[type[RecordedAggregate], ...]] = (Tenant, Member, ApiKey, Investigation)
 MAX_LIMIT: Final = 10_000
 MAX_FILTER_LENGTH: Final = 256
+MAX_TYPES: Final = 20
 MAX_SEQ: Final = 2**63 - 1
 FOLLOW_PAGE: Final = 500
 POLL_SECONDS: Final = 1.0
@@ -140,6 +142,8 @@ class EventQuery:
             _check_text("--stream", self.stream)
         if self.subject is not None:
             _check_text("--subject", self.subject)
+        if len(set(self.types)) > MAX_TYPES:
+            raise InvalidFilterError(f"at most {MAX_TYPES} --type filters")
         for t in self.types:
             _check_text("--type", t)
         for name, when in (("--since", self.since), ("--until", self.until)):
@@ -483,7 +487,7 @@ class Investigator:
         while True:
             wake.clear()
             page = await self.list_events(
-                tenant_id, _replace(query, after=cursor, limit=FOLLOW_PAGE, until=None)
+                tenant_id, dataclasses.replace(query, after=cursor, limit=FOLLOW_PAGE, until=None)
             )
             cursor = page.read_to
             if page.events:
@@ -576,11 +580,6 @@ async def _size(conn: asyncpg.Connection, tenant_id: UUID) -> int:
     return int(size)
 
 
-def _replace(query: EventQuery, **changes: Any) -> EventQuery:
-    values = {f: getattr(query, f) for f in EventQuery.__dataclass_fields__}
-    return EventQuery(**{**values, **changes})
-
-
 async def _recorded_at(conn: asyncpg.Connection, tenant_id: UUID, seq: int) -> datetime:
     when: datetime = await conn.fetchval(
         "SELECT recorded_at FROM event_log WHERE tenant_id = $1 AND seq = $2", tenant_id, seq
@@ -668,10 +667,3 @@ async def announcements(
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.close()
-
-
-def checked_types(types: Sequence[str]) -> tuple[str, ...]:
-    found = tuple(dict.fromkeys(types))
-    if len(found) > 20:
-        raise InvalidFilterError("at most 20 --type filters")
-    return found

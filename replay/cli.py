@@ -51,6 +51,7 @@ from replay.common import (
     friendly_errors,
     load_settings,
     out,
+    parse_tenant,
     print_json,
     progress_bar,
 )
@@ -292,11 +293,8 @@ def verify(
     assert tenant is not None
     if used := evidence.used_bundle_options(**bundle_options):
         raise CommandFailed(f"{', '.join(used)}: only for a BUNDLE, not --tenant")
-    try:
-        tenant_id = UUID(tenant)
-    except ValueError:
-        raise CommandFailed(f"--tenant: {tenant!r} is not a UUID") from None
-    who = investigate.resolve_operator(operator)
+    tenant_id = parse_tenant(tenant)
+    who = Operator.resolve(operator)
     report, audit_seq, audit_error = asyncio.run(
         _verify(tenant_id, who, show_progress=not as_json and out.is_terminal)
     )

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
+from uuid import UUID
 
+import asyncpg
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from domain.errors import StrongroomError
 from infra import logcontext
-from infra.db import DatabaseUnavailableError
+from infra.bootstrap import DatabaseUrls
+from infra.db import DatabaseUnavailableError, create_pool
 from infra.embedded import EmbeddedServerError, PortInUseError
+from infra.local import database_urls
 from infra.migrate import MigrationError
 from infra.readmodels import ProjectionDefinitionError, RebuildError
 from infra.settings import Settings, SettingsError
@@ -107,3 +111,30 @@ def spinner(enabled: bool, label: str) -> Iterator[None]:
         return
     with err.status(label):
         yield
+
+
+def parse_tenant(value: str) -> UUID:
+    """``--tenant``: a UUID, or one clear error."""
+    try:
+        return UUID(value)
+    except ValueError:
+        raise CommandFailed(f"--tenant: {value!r} is not a UUID") from None
+
+
+@asynccontextmanager
+async def cli_pool(
+    settings: Settings, *, max_size: int = 4
+) -> AsyncIterator[tuple[asyncpg.Pool, DatabaseUrls]]:
+    """A pool of the investigation role (``strongroom_cli``), and the URLs it came from."""
+    async with database_urls(settings) as urls:
+        if urls.cli is None:
+            raise CommandFailed(
+                "needs STRONGROOM_CLI_DATABASE_URL: investigations connect as the "
+                "strongroom_cli role; set STRONGROOM_CLI_DATABASE_URL to its URL "
+                "(docs/operations.md)"
+            )
+        pool = await create_pool(urls.cli, min_size=1, max_size=max_size)
+        try:
+            yield pool, urls
+        finally:
+            await pool.close()

@@ -13,13 +13,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from uuid import UUID
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
 from infra.evidence import BundleReport, ExportReport, KeySource, export_evidence, verify_bundle
+from infra.investigations import Operator
 from infra.notes import COSIGNATURE_KEY_TYPE, NOTE_KEY_TYPE, NoteError, Verifier
 from infra.witness import parse_witnesses
 from replay import investigate
@@ -28,6 +28,7 @@ from replay.common import (
     friendly_errors,
     load_settings,
     out,
+    parse_tenant,
     print_json,
     progress_bar,
 )
@@ -94,10 +95,7 @@ def export_evidence_command(
     README and a manifest. OUT must not exist. The export is recorded in the
     tenant's log (investigation.performed) before the bundle appears at OUT.
     """
-    try:
-        tenant_id = UUID(tenant)
-    except ValueError:
-        raise CommandFailed(f"--tenant: {tenant!r} is not a UUID") from None
+    tenant_id = parse_tenant(tenant)
     if first is not None and last is not None and first > last:
         raise CommandFailed(f"--from {first} is after --to {last}")
     settings = load_settings()
@@ -111,7 +109,7 @@ def export_evidence_command(
         if w not in configured
     ]
 
-    who = investigate.resolve_operator(operator)
+    who = Operator.resolve(operator)
     audit_seqs: list[int] = []
 
     async def run() -> ExportReport:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from infra.bootstrap import DatabaseUrls
-from infra.db import CLI_ROLE, create_pool
+from infra.db import CLI_ROLE
 from infra.eventstore import EventStore, RecordedEvent
 from infra.investigations import (
     ActorFilter,
@@ -37,22 +38,23 @@ from infra.investigations import (
     Point,
     StateAt,
     announcements,
-    checked_types,
     diff,
     event_view,
     list_tenants,
     parse_time,
 )
 from infra.keyring import Keyring
-from infra.local import database_urls, read_run_info
+from infra.local import read_run_info
 from infra.readmodels import AsOfCopy, build_as_of
 from infra.settings import Settings
 from replay.common import (
     CommandFailed,
+    cli_pool,
     err,
     friendly_errors,
     load_settings,
     out,
+    parse_tenant,
     print_json,
     progress_bar,
     spinner,
@@ -65,19 +67,8 @@ SUMMARY_WIDTH = 96
 # ---- shared ---------------------------------------------------------------------------------
 
 
-def _tenant(value: str) -> UUID:
-    try:
-        return UUID(value)
-    except ValueError:
-        raise CommandFailed(f"--tenant: {value!r} is not a UUID") from None
-
-
 def _time(value: str | None, option: str) -> datetime | None:
     return None if value is None else parse_time(value, option)
-
-
-def resolve_operator(given: str | None) -> Operator:
-    return Operator.resolve(given)
 
 
 tenant_option = click.option("--tenant", required=True, help="Tenant id (UUID).")
@@ -102,20 +93,11 @@ async def investigating(
 ) -> AsyncIterator[Session]:
     """A pool of the investigation role and its store; with ``decrypt``, one that can
     read personal fields (it needs the master key)."""
-    async with database_urls(settings) as urls:
-        if urls.cli is None:
-            raise CommandFailed(
-                "investigations connect as the strongroom_cli role: set "
-                "STRONGROOM_CLI_DATABASE_URL (docs/operations.md)"
-            )
-        pool = await create_pool(urls.cli, min_size=1, max_size=4)
-        try:
-            # Without ``decrypt`` nothing is decrypted: the keyring's key is never used.
-            master_key = _master_key(settings) if decrypt else bytes(32)
-            store = EventStore(pool, Keyring(master_key), log_host=settings.log_host)
-            yield Session(Investigator(pool, store, operator), urls)
-        finally:
-            await pool.close()
+    async with cli_pool(settings) as (pool, urls):
+        # Without ``decrypt`` nothing is decrypted: the keyring's key is never used.
+        master_key = _master_key(settings) if decrypt else bytes(32)
+        store = EventStore(pool, Keyring(master_key), log_host=settings.log_host)
+        yield Session(Investigator(pool, store, operator), urls)
 
 
 def _summary(data: dict[str, Any]) -> str:
@@ -199,7 +181,7 @@ def _query(
 ) -> EventQuery:
     return EventQuery(
         stream=stream,
-        types=checked_types(types),
+        types=types,
         actor=ActorFilter.parse(actor) if actor is not None else None,
         subject=subject,
         since=_time(since, "--since"),
@@ -220,10 +202,6 @@ def _filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     ):
         command = option(command)
     return command
-
-
-def _run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
 
 
 # ---- events -----------------------------------------------------------------------------------
@@ -260,7 +238,7 @@ def events_list(
     jsonl: bool,
 ) -> None:
     """The tenant log, filtered, in seq order; personal fields decrypted unless erased."""
-    tenant_id = _tenant(tenant)
+    tenant_id = parse_tenant(tenant)
     query = _query(
         stream=stream,
         types=types,
@@ -275,7 +253,7 @@ def events_list(
         "events list",
         tenant_id,
         query,
-        resolve_operator(operator),
+        Operator.resolve(operator),
         f"tenant {tenant_id}",
         as_json=as_json,
         jsonl=jsonl,
@@ -303,7 +281,7 @@ def _list_and_print(
             return [event_view(e) for e in page.events], page.read_to if page.more else None, seq
 
     with spinner(not (as_json or jsonl) and err.is_terminal, "reading the log"):
-        views, next_after, seq = _run(run())
+        views, next_after, seq = asyncio.run(run())
     _print_events(
         f"{title}: {len(views)} event(s)",
         views,
@@ -322,10 +300,10 @@ def _list_and_print(
 @friendly_errors
 def events_show(tenant: str, seq: int, operator: str | None, as_json: bool) -> None:
     """One event in full: data, ids, hashes, and the checkpoint that covers it."""
-    tenant_id = _tenant(tenant)
+    tenant_id = parse_tenant(tenant)
     if seq < 1:
         raise CommandFailed("SEQ: 1 or more")
-    who = resolve_operator(operator)
+    who = Operator.resolve(operator)
 
     async def run() -> tuple[dict[str, Any], int]:
         async with investigating(load_settings(), who) as s:
@@ -341,7 +319,7 @@ def events_show(tenant: str, seq: int, operator: str | None, as_json: bool) -> N
             }
             return view, audit_seq
 
-    view, audit_seq = _run(run())
+    view, audit_seq = asyncio.run(run())
     if as_json:
         print_json({"tenant": str(tenant_id), "event": view, "investigation_seq": audit_seq})
         return
@@ -396,7 +374,7 @@ def events_tail(
     jsonl: bool,
 ) -> None:
     """Follow the log live (NATS announcements; the store is read), until Ctrl-C."""
-    tenant_id = _tenant(tenant)
+    tenant_id = parse_tenant(tenant)
     query = _query(
         stream=stream,
         types=types,
@@ -407,14 +385,15 @@ def events_tail(
         after=after or 0,
         limit=1,
     )
-    who = resolve_operator(operator)
+    who = Operator.resolve(operator)
     settings = load_settings()
 
     async def run() -> None:
         async with investigating(settings, who) as s:
             size = await s.investigator.head_size(tenant_id)  # an unknown tenant fails here
             start = after if after is not None else size
-            filters = {**_replace_after(query, start).audit_filters(), "follow": True}
+            following = dataclasses.replace(query, after=start)
+            filters = {**following.audit_filters(), "follow": True}
             filters.pop("limit", None)
             seq = await s.investigator.record(tenant_id, "events tail", filters, None)
             if not jsonl:
@@ -422,18 +401,12 @@ def events_tail(
                 show_recorded(seq)
             nats_url = settings.nats_url or _running_nats(settings)
             async with announcements(nats_url, tenant_id, _warn_polling) as wake:
-                followed = s.investigator.follow(tenant_id, _replace_after(query, start), wake)
+                followed = s.investigator.follow(tenant_id, following, wake)
                 async for events in followed:
                     _print_live(events, jsonl=jsonl)
 
     with contextlib.suppress(KeyboardInterrupt):
-        _run(run())
-
-
-def _replace_after(query: EventQuery, after: int) -> EventQuery:
-    return EventQuery(
-        stream=query.stream, types=query.types, actor=query.actor, after=after, limit=1
-    )
+        asyncio.run(run())
 
 
 def _running_nats(settings: Settings) -> str | None:
@@ -485,7 +458,7 @@ def timeline(
     """What an actor did, or what touched a subject, in log order across streams."""
     if (actor is None) == (subject is None):
         raise CommandFailed("give --actor or --subject (exactly one)")
-    tenant_id = _tenant(tenant)
+    tenant_id = parse_tenant(tenant)
     query = _query(
         stream=None,
         types=(),
@@ -501,7 +474,7 @@ def timeline(
         "timeline",
         tenant_id,
         query,
-        resolve_operator(operator),
+        Operator.resolve(operator),
         f"timeline of {who_what} in tenant {tenant_id}",
         as_json=as_json,
         jsonl=jsonl,
@@ -565,10 +538,10 @@ def state(
     as_json: bool,
 ) -> None:
     """An aggregate's state as it was at a point (its stream folded up to there)."""
-    tenant_id = _tenant(tenant)
+    tenant_id = parse_tenant(tenant)
     point = _point(as_of_seq, as_of_version, as_of)
     earlier = Point.parse(diff_from) if diff_from is not None else None
-    who = resolve_operator(operator)
+    who = Operator.resolve(operator)
 
     async def run() -> tuple[StateAt, StateAt | None, int]:
         async with investigating(load_settings(), who) as s:
@@ -585,7 +558,7 @@ def state(
             return now, before, seq
 
     with spinner(not as_json and err.is_terminal, "folding the stream"):
-        now, before, audit_seq = _run(run())
+        now, before, audit_seq = asyncio.run(run())
     changes = diff(before, now) if before is not None else None
     if as_json:
         result: dict[str, Any] = {
@@ -645,14 +618,8 @@ def tenants_list(as_json: bool) -> None:
     """Every tenant: id, slug, log size and signed size (no event is read)."""
 
     async def run() -> list[dict[str, Any]]:
-        async with database_urls(load_settings()) as urls:
-            if urls.cli is None:
-                raise CommandFailed("needs STRONGROOM_CLI_DATABASE_URL (docs/operations.md)")
-            pool = await create_pool(urls.cli, min_size=1, max_size=1)
-            try:
-                entries = await list_tenants(pool)
-            finally:
-                await pool.close()
+        async with cli_pool(load_settings(), max_size=1) as (pool, _urls):
+            entries = await list_tenants(pool)
         return [
             {
                 "tenant": str(e.tenant_id),
@@ -664,7 +631,7 @@ def tenants_list(as_json: bool) -> None:
             for e in entries
         ]
 
-    entries = _run(run())
+    entries = asyncio.run(run())
     if as_json:
         print_json({"tenants": entries})
         return
@@ -709,8 +676,8 @@ def replay_dry_run(
     unless --keep.
     """
     projection = _projection(projection_name)
-    tenant_id = _tenant(tenant)
-    who = resolve_operator(operator)
+    tenant_id = parse_tenant(tenant)
+    who = Operator.resolve(operator)
     if until < 1:
         raise CommandFailed("--until: a seq, 1 or more")
 
@@ -736,7 +703,7 @@ def replay_dry_run(
             seq = await s.investigator.record(tenant_id, "replay dry-run", filters, copy.events)
             return copy, seq
 
-    copy, audit_seq = _run(run())
+    copy, audit_seq = asyncio.run(run())
     result = {
         "projection": projection.name,
         "tenant": str(tenant_id),

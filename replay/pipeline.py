@@ -35,16 +35,20 @@ from infra.settings import Settings
 from projections import ALL as ALL_PROJECTIONS
 from projections import by_name
 from projections.base import Projection
-from replay.common import CommandFailed, err, friendly_errors, load_settings, out, print_json
+from replay.common import (
+    CommandFailed,
+    cli_pool,
+    err,
+    friendly_errors,
+    load_settings,
+    out,
+    parse_tenant,
+    print_json,
+)
 
 
 def _tenant(value: str | None) -> UUID | None:
-    if value is None:
-        return None
-    try:
-        return UUID(value)
-    except ValueError:
-        raise CommandFailed(f"--tenant: {value!r} is not a UUID") from None
+    return None if value is None else parse_tenant(value)
 
 
 def _projection(name: str) -> Projection:
@@ -197,16 +201,10 @@ def projections_status(show_all: bool, as_json: bool) -> None:
     """Positions, lag and parked partitions of every projection."""
 
     async def run() -> list[dict[str, Any]]:
-        async with database_urls(load_settings()) as urls:
-            if urls.cli is None:
-                raise CommandFailed("needs STRONGROOM_CLI_DATABASE_URL (docs/operations.md)")
-            # Read-only: the investigation role, which sees positions through
-            # projection_partitions() and no read-model row.
-            pool = await create_pool(urls.cli, min_size=1, max_size=1)
-            try:
-                return await _status(pool)
-            finally:
-                await pool.close()
+        # Read-only: the investigation role, which sees positions through
+        # projection_partitions() and no read-model row.
+        async with cli_pool(load_settings(), max_size=1) as (pool, _urls):
+            return await _status(pool)
 
     async def _status(pool: asyncpg.Pool) -> list[dict[str, Any]]:
         registry = {
