@@ -8,11 +8,21 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Reference, SecurityScheme
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Reference,
+    Schema,
+    SecurityScheme,
+)
 
 from api.access import PUBLIC, Access, AccessMiddleware
+from api.access_requests import AccessPolicyController, AccessRequestController, GrantController
 from api.apikeys import ApiKeyController
+from api.audit_events import AuditEventController
 from api.auth import AccountController, AuthController
+from api.connectors import ConnectorController
 from api.events import EventController
 from api.health import HealthController
 from api.ledger import LedgerController
@@ -36,6 +46,11 @@ CONTROLLERS = [
     ApiKeyController,
     LedgerController,
     EventController,
+    AccessPolicyController,
+    AccessRequestController,
+    GrantController,
+    AuditEventController,
+    ConnectorController,
 ]
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -90,8 +105,9 @@ def _declare_access(app: Litestar) -> None:
 
 def _document_conventions(app: Litestar) -> None:
     """Say in the OpenAPI document what litestar cannot infer: request bodies refuse
-    unknown fields, every error is problem+json (api/problems.py), a 204 has no body,
-    and which credential each operation takes (from its declared access)."""
+    unknown fields, every error is problem+json (api/problems.py), a 204 has no body, a
+    200 whose type the request chooses lists each (``opt["media_types"]``), and which
+    credential each operation takes (from its declared access)."""
     document = app.openapi_schema
     document.components.security_schemes = {
         "bearer": SecurityScheme(
@@ -103,6 +119,12 @@ def _document_conventions(app: Litestar) -> None:
         "platform": SecurityScheme(
             type="http", scheme="bearer", description="the platform administrator token (srp_…)"
         ),
+    }
+    media_types = {
+        str(handler.operation_id): handler.opt["media_types"]
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", ())
+        if handler.opt.get("media_types") and handler.operation_id
     }
     accesses = {
         str(handler.operation_id): handler.opt["access"]
@@ -120,7 +142,11 @@ def _document_conventions(app: Litestar) -> None:
         for operation in filter(None, (item.get, item.put, item.post, item.delete, item.patch)):
             responses = operation.responses = operation.responses or {}
             for status, response in responses.items():
-                if isinstance(response, OpenAPIResponse) and status == "204":
+                alternatives = media_types.get(operation.operation_id or "")
+                if isinstance(response, OpenAPIResponse) and status == "200" and alternatives:
+                    text = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+                    response.content = dict.fromkeys(alternatives, text)
+                elif isinstance(response, OpenAPIResponse) and status == "204":
                     response.content = None
                 elif isinstance(response, OpenAPIResponse) and status.startswith("4"):
                     response.content = problem

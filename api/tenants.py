@@ -8,7 +8,14 @@ from litestar import Controller, Request, Response, get, post, put
 
 from api.access import PLATFORM, principal_of, requires
 from api.positions import positioned
-from api.schemas import SettingsChange, TenantCreate, TenantCreated, TenantSettings, TenantView
+from api.schemas import (
+    SettingsChange,
+    TenantCreate,
+    TenantCreated,
+    TenantKeyRotated,
+    TenantSettings,
+    TenantView,
+)
 from domain.permissions import Permission
 from domain.tenant import Tenant
 from infra.runtime import Runtime
@@ -80,3 +87,17 @@ class TenantController(Controller):
         )
         tenant = await runtime.identity.tenants.settings(principal.tenant_id)
         return positioned(_view(tenant), written.position)
+
+    @post(
+        "/tenant/key-rotation",
+        operation_id="rotateTenantKey",
+        summary="Make a new primary tenant key and re-wrap every data key under it; no "
+        "ciphertext of a value changes, older keys still decrypt (needs a recent "
+        "authentication)",
+        opt=requires(Permission.TENANT_MANAGE, step_up=True),
+        status_code=200,
+    )
+    async def rotate_key(self, request: Request[Any, Any, Any]) -> Response[TenantKeyRotated]:
+        runtime: Runtime = request.app.state.runtime
+        written = await runtime.vault.rotate_tenant_key(principal_of(request.scope))
+        return positioned(TenantKeyRotated(**written.values), written.position)

@@ -42,6 +42,8 @@ MAX_KEY_ID = 128
 MAX_SIGNATURE = 512
 MAX_ITEMS = 1_000_000_000
 MAX_RULES = 1000
+MAX_DETAIL = 500
+PROVISIONING_STEPS = frozenset({"grant", "revoke"})
 MIN_APPROVAL_TTL = timedelta(minutes=5)
 MAX_APPROVAL_TTL = timedelta(days=7)
 MAX_GRANT_LIMIT = timedelta(days=366)
@@ -870,6 +872,14 @@ class Grant(RecordedAggregate):
         reason: str | None
         revoked_at: datetime
 
+    class Provisioned(RecordedAggregate.Event):
+        """What the connector's provisioner did for this grant (``step``: grant or revoke)."""
+
+        step: str
+        ok: bool
+        detail: str | None
+        at: datetime
+
     @classmethod
     def issue(
         cls,
@@ -917,6 +927,9 @@ class Grant(RecordedAggregate):
         self.expires_at = expires_at
         self.expired = False
         self.revoked = False
+        self.ended_at: datetime | None = None
+        self.revoked_by: UUID | None = None
+        self.provisioning: dict[str, bool] = {}
 
     def active_at(self, now: datetime) -> bool:
         return (
@@ -935,6 +948,7 @@ class Grant(RecordedAggregate):
     @event(Expired)
     def _expired(self, expired_at: datetime) -> None:
         self.expired = True
+        self.ended_at = expired_at
 
     def revoke(self, *, by: UUID, reason: str | None, now: datetime) -> None:
         now = _aware(now)
@@ -952,9 +966,165 @@ class Grant(RecordedAggregate):
     @event(Revoked)
     def _revoked(self, by: UUID, reason: str | None, revoked_at: datetime) -> None:
         self.revoked = True
+        self.revoked_by = by
+        self.ended_at = revoked_at
+
+    def record_provisioning(
+        self, *, step: str, ok: bool, detail: str | None, now: datetime
+    ) -> None:
+        """Record the outcome of granting (after issue) or taking back (after the end) access
+        in the target system; a failure is recorded, not raised, so the log says it."""
+        if step not in PROVISIONING_STEPS:
+            raise InvalidGrantError("a provisioning step is grant or revoke")
+        if step == "revoke" and not (self.expired or self.revoked):
+            raise GrantStateError("access is taken back only after the grant ended")
+        if detail is not None:
+            detail = "".join(c if c.isprintable() else " " for c in detail)[:MAX_DETAIL]
+        self._provisioned(step=step, ok=bool(ok), detail=detail, at=_aware(now))
+
+    @event(Provisioned)
+    def _provisioned(self, step: str, ok: bool, detail: str | None, at: datetime) -> None:
+        self.provisioning[step] = ok
 
     def _require_open(self) -> None:
         if self.expired:
             raise GrantStateError("the grant already expired")
         if self.revoked:
             raise GrantStateError("the grant was revoked")
+
+
+# ---- the tenant's policy, as a record of its changes --------------------------------------
+
+
+def _policy_fields(policy: AccessPolicy) -> dict[str, Any]:
+    return {
+        "sensitivity": [[glob, level.value] for glob, level in policy.sensitivity],
+        "access_floors": [[level, risk.value] for level, risk in policy.access_floors],
+        "default_risk": policy.default_risk.value,
+        "two_approvers_at": policy.two_approvers_at.value,
+        "two_approvers_above_items": policy.two_approvers_above_items,
+        "approval_ttl_seconds": int(policy.approval_ttl.total_seconds()),
+        "max_grant_seconds": int(policy.max_grant_duration.total_seconds()),
+    }
+
+
+def policy_from_fields(
+    *,
+    sensitivity: Collection[Collection[str]],
+    access_floors: Collection[Collection[str]],
+    default_risk: str,
+    two_approvers_at: str,
+    two_approvers_above_items: int | None,
+    approval_ttl_seconds: int,
+    max_grant_seconds: int,
+) -> AccessPolicy:
+    """An :class:`AccessPolicy` from plain values (a request body, an event), checked."""
+
+    def pairs(rules: Collection[Collection[str]], what: str) -> tuple[tuple[str, RiskLevel], ...]:
+        out = []
+        for rule in rules:
+            if not isinstance(rule, list | tuple) or len(rule) != 2:
+                raise InvalidPolicyError(f"each of {what} is a [text, risk level] pair")
+            first, level = rule
+            out.append((first, _risk(level, f"a level in {what}", InvalidPolicyError)))
+        return tuple(out)
+
+    for name, value in (
+        ("approval_ttl_seconds", approval_ttl_seconds),
+        ("max_grant_seconds", max_grant_seconds),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InvalidPolicyError(f"{name} is a positive whole number of seconds")
+    return AccessPolicy(
+        sensitivity=pairs(sensitivity, "sensitivity"),
+        access_floors=pairs(access_floors, "access_floors"),
+        default_risk=_risk(default_risk, "default_risk", InvalidPolicyError),
+        two_approvers_at=_risk(two_approvers_at, "two_approvers_at", InvalidPolicyError),
+        two_approvers_above_items=two_approvers_above_items,
+        approval_ttl=timedelta(seconds=approval_ttl_seconds),
+        max_grant_duration=timedelta(seconds=max_grant_seconds),
+    )
+
+
+class TenantAccessPolicy(RecordedAggregate):
+    """The access policy a tenant adopted, one stream per tenant (id = the tenant id).
+
+    A tenant that never set one uses ``AccessPolicy()``. A change applies to requests
+    submitted or edited afterwards: those in flight keep the verdict they recorded.
+    """
+
+    category: ClassVar[str] = "access_policy"
+
+    class Adopted(RecordedAggregate.Created):
+        sensitivity: list[list[str]]
+        access_floors: list[list[str]]
+        default_risk: str
+        two_approvers_at: str
+        two_approvers_above_items: int | None
+        approval_ttl_seconds: int
+        max_grant_seconds: int
+        by: UUID
+
+    class Changed(RecordedAggregate.Event):
+        sensitivity: list[list[str]]
+        access_floors: list[list[str]]
+        default_risk: str
+        two_approvers_at: str
+        two_approvers_above_items: int | None
+        approval_ttl_seconds: int
+        max_grant_seconds: int
+        by: UUID
+
+    @classmethod
+    def adopt(cls, tenant_id: UUID, policy: AccessPolicy, *, by: UUID) -> TenantAccessPolicy:
+        return cls._create(cls.Adopted, id=tenant_id, by=by, **_policy_fields(policy))
+
+    def __init__(
+        self,
+        by: UUID,
+        sensitivity: list[list[str]],
+        access_floors: list[list[str]],
+        default_risk: str,
+        two_approvers_at: str,
+        two_approvers_above_items: int | None,
+        approval_ttl_seconds: int,
+        max_grant_seconds: int,
+    ) -> None:
+        self.policy = policy_from_fields(
+            sensitivity=sensitivity,
+            access_floors=access_floors,
+            default_risk=default_risk,
+            two_approvers_at=two_approvers_at,
+            two_approvers_above_items=two_approvers_above_items,
+            approval_ttl_seconds=approval_ttl_seconds,
+            max_grant_seconds=max_grant_seconds,
+        )
+        self.changed_by = by
+
+    def change(self, policy: AccessPolicy, *, by: UUID) -> None:
+        if policy == self.policy:
+            raise InvalidPolicyError("the policy is unchanged")
+        self._changed(by=by, **_policy_fields(policy))
+
+    @event(Changed)
+    def _changed(
+        self,
+        by: UUID,
+        sensitivity: list[list[str]],
+        access_floors: list[list[str]],
+        default_risk: str,
+        two_approvers_at: str,
+        two_approvers_above_items: int | None,
+        approval_ttl_seconds: int,
+        max_grant_seconds: int,
+    ) -> None:
+        self.policy = policy_from_fields(
+            sensitivity=sensitivity,
+            access_floors=access_floors,
+            default_risk=default_risk,
+            two_approvers_at=two_approvers_at,
+            two_approvers_above_items=two_approvers_above_items,
+            approval_ttl_seconds=approval_ttl_seconds,
+            max_grant_seconds=max_grant_seconds,
+        )
+        self.changed_by = by

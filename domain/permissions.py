@@ -36,7 +36,20 @@ class Permission(StrEnum):
     REQUESTS_SUBMIT = "requests:submit"
     """Submit access requests (the governance issue)."""
     REQUESTS_APPROVE = "requests:approve"
-    """Approve or reject others' access requests (the governance issue)."""
+    """Approve or reject others' access requests; see the requests waiting for one."""
+    REQUESTS_READ = "requests:read"
+    """Every access request of the tenant with its signed history, the grants, and the
+    approval keys' public halves."""
+    GRANTS_REVOKE = "grants:revoke"
+    """Revoke a grant before it runs out."""
+    CONNECTORS_READ = "connectors:read"
+    """Connectors (kind, name, non-secret config, credential status and fingerprint)."""
+    CONNECTORS_MANAGE = "connectors:manage"
+    """Register and change connectors, set and rotate their credentials."""
+    AUDIT_INGEST = "audit:ingest"
+    """Record another system's audit events in the tenant's log (an API key's scope)."""
+    AUDIT_READ = "audit:read"
+    """Query and export the audit events other systems recorded."""
 
 
 P = Permission
@@ -46,9 +59,18 @@ _READ = frozenset({P.ACCOUNT_SELF, P.MEMBERS_READ, P.TENANT_READ})
 ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
     Role.OWNER: frozenset(Permission),
     Role.ADMIN: frozenset(Permission) - {P.REQUESTS_APPROVE},
-    Role.APPROVER: _READ | {P.APIKEYS_ISSUE, P.REQUESTS_APPROVE},
-    Role.REQUESTER: _READ | {P.APIKEYS_ISSUE, P.REQUESTS_SUBMIT},
-    Role.AUDITOR: _READ | {P.APIKEYS_ISSUE, P.LEDGER_READ, P.EVENTS_READ},
+    Role.APPROVER: _READ
+    | {P.APIKEYS_ISSUE, P.REQUESTS_APPROVE, P.REQUESTS_READ, P.GRANTS_REVOKE, P.CONNECTORS_READ},
+    Role.REQUESTER: _READ | {P.APIKEYS_ISSUE, P.REQUESTS_SUBMIT, P.CONNECTORS_READ},
+    Role.AUDITOR: _READ
+    | {
+        P.APIKEYS_ISSUE,
+        P.LEDGER_READ,
+        P.EVENTS_READ,
+        P.REQUESTS_READ,
+        P.CONNECTORS_READ,
+        P.AUDIT_READ,
+    },
     Role.READONLY: _READ,
 }
 

@@ -65,6 +65,14 @@ class Tenant(RecordedAggregate):
     class OwnerRemoved(RecordedAggregate.Event):
         member_id: UUID
 
+    class KeyRotated(RecordedAggregate.Event):
+        """A new primary tenant key; the data keys it wraps were re-wrapped under it."""
+
+        from_version: int
+        to_version: int
+        subject_keys: int
+        vault_keys: int
+
     @classmethod
     def create(cls, name: str, slug: str, *, tenant_id: UUID | None = None) -> Tenant:
         """A new tenant; its aggregate id is the tenant id (its log's id)."""
@@ -77,6 +85,8 @@ class Tenant(RecordedAggregate):
         self.session_idle_minutes = DEFAULT_SESSION_IDLE_MINUTES
         self.session_absolute_hours = DEFAULT_SESSION_ABSOLUTE_HOURS
         self.owners: set[UUID] = set()
+        self.key_version = 1
+        """The primary tenant key's version (a tenant starts with version 1)."""
 
     def rename(self, name: str) -> None:
         name = _check_name(name)
@@ -145,3 +155,23 @@ class Tenant(RecordedAggregate):
     @event(OwnerRemoved)
     def _owner_removed(self, member_id: UUID) -> None:
         self.owners.discard(member_id)
+
+    def record_key_rotation(
+        self, *, from_version: int, to_version: int, subject_keys: int, vault_keys: int
+    ) -> None:
+        if from_version != self.key_version or to_version != from_version + 1:
+            raise ConflictError("the tenant key moved on; rotate again")
+        if subject_keys < 0 or vault_keys < 0:
+            raise InvalidTenantError("re-wrapped key counts are not negative")
+        self._key_rotated(
+            from_version=from_version,
+            to_version=to_version,
+            subject_keys=subject_keys,
+            vault_keys=vault_keys,
+        )
+
+    @event(KeyRotated)
+    def _key_rotated(
+        self, from_version: int, to_version: int, subject_keys: int, vault_keys: int
+    ) -> None:
+        self.key_version = to_version

@@ -34,7 +34,9 @@ import nats
 import orjson
 from nats.aio.client import Client as Nats
 
+from domain.access import AccessRequest, Grant, TenantAccessPolicy
 from domain.apikey import ApiKey
+from domain.connector import Connector
 from domain.errors import InvalidError, NotFoundError
 from domain.investigation import Investigation, check_operator
 from domain.member import Member
@@ -45,7 +47,16 @@ from infra.db import tenant_transaction
 from infra.eventstore import ACTOR_KINDS, ERASED, Actor, EventStore, RecordedEvent
 from infra.repository import EventRegistry, Repository
 
-AGGREGATES: Final[tuple[type[RecordedAggregate], ...]] = (Tenant, Member, ApiKey, Investigation)
+AGGREGATES: Final[tuple[type[RecordedAggregate], ...]] = (
+    Tenant,
+    Member,
+    ApiKey,
+    Investigation,
+    Connector,
+    AccessRequest,
+    Grant,
+    TenantAccessPolicy,
+)
 MAX_LIMIT: Final = 10_000
 MAX_FILTER_LENGTH: Final = 256
 MAX_TYPES: Final = 20

@@ -54,6 +54,12 @@ def object_aad(tenant_id: UUID, object_id: str, key_version: int) -> bytes:
     return _aad(tenant_id, object_id, key_version)
 
 
+def wrapped_key_aad(tenant_id: UUID, key_id: str, tenant_key_version: int) -> bytes:
+    """AAD of a data key wrapped by a tenant key: ``key_id`` is ``subject-key:<subject>``
+    or ``vault-key:<version>``, bound to the version of the tenant key that wraps it."""
+    return _aad(tenant_id, key_id, tenant_key_version)
+
+
 def pii_aad(tenant_id: UUID, subject_id: str, field: str, event_id: UUID) -> bytes:
     return _aad(tenant_id, f"pii:{subject_id}:{event_id}:{field}", 1)
 
@@ -176,7 +182,7 @@ class Keyring:
                 version,
                 missing,
                 [
-                    seal(tenant_key, k, _aad(tenant_id, f"subject-key:{s}", version))
+                    seal(tenant_key, k, wrapped_key_aad(tenant_id, f"subject-key:{s}", version))
                     for s, k in zip(missing, new_keys, strict=True)
                 ],
             )
@@ -194,6 +200,77 @@ class Keyring:
                 continue
             version = row["tenant_key_version"]
             tenant_key = await self.tenant_key(conn, tenant_id, version)
-            aad = _aad(tenant_id, f"subject-key:{subject}", version)
+            aad = wrapped_key_aad(tenant_id, f"subject-key:{subject}", version)
             keys[subject] = SubjectKey(subject, open_sealed(tenant_key, row["wrapped"], aad))
         return keys
+
+    async def rotate_tenant_key(self, conn: asyncpg.Connection, tenant_id: UUID) -> int:
+        """A new primary tenant key; every wrapped data key is re-wrapped under it.
+
+        Run inside the tenant's transaction. The old versions stay, decrypt only:
+        what was sealed under a tenant key directly (TOTP secrets, idempotent
+        responses, approval keys, e-mail lookup keys derived from version 1) keeps
+        its version and opens as before. The wrapped data keys (subject keys,
+        vault data keys) are unwrapped and sealed again under the new version;
+        the ciphertexts of values under them are not touched, so nothing else
+        changes. Erased subject keys stay erased. Two rotations of one tenant
+        are serialized by the lock on its key rows. Returns the new version.
+        """
+        await self.primary_tenant_key(conn, tenant_id)  # a tenant without a key gets one
+        current = await conn.fetchval(
+            "SELECT max(version) FROM (SELECT version FROM tenant_key WHERE tenant_id = $1 "
+            "FOR UPDATE) AS k",
+            tenant_id,
+        )
+        new_version = int(current) + 1
+        new_key = secrets.token_bytes(KEY_SIZE)
+        await conn.execute(
+            "UPDATE tenant_key SET is_primary = false WHERE tenant_id = $1 AND is_primary",
+            tenant_id,
+        )
+        await conn.execute(
+            "INSERT INTO tenant_key (tenant_id, version, wrapped, is_primary) "
+            "VALUES ($1, $2, $3, true)",
+            tenant_id,
+            new_version,
+            seal(self._master, new_key, _aad(tenant_id, "tenant-key", new_version)),
+        )
+        for table, id_column, label in _WRAPPED_KEY_TABLES:
+            rows = await conn.fetch(
+                f"SELECT {id_column}::text AS id, tenant_key_version, wrapped FROM {table} "
+                "WHERE tenant_id = $1 AND wrapped IS NOT NULL AND tenant_key_version <> $2 "
+                "FOR UPDATE",
+                tenant_id,
+                new_version,
+            )
+            ids, wrapped = [], []
+            for row in rows:
+                old_key = await self.tenant_key(conn, tenant_id, row["tenant_key_version"])
+                key_id = f"{label}:{row['id']}"
+                data_key = open_sealed(
+                    old_key,
+                    row["wrapped"],
+                    wrapped_key_aad(tenant_id, key_id, row["tenant_key_version"]),
+                )
+                ids.append(row["id"])
+                wrapped.append(
+                    seal(new_key, data_key, wrapped_key_aad(tenant_id, key_id, new_version))
+                )
+            if ids:
+                await conn.execute(
+                    f"UPDATE {table} AS k SET wrapped = t.w, tenant_key_version = $2 "
+                    "FROM unnest($3::text[], $4::bytea[]) AS t(i, w) "
+                    f"WHERE k.tenant_id = $1 AND k.{id_column}::text = t.i",
+                    tenant_id,
+                    new_version,
+                    ids,
+                    wrapped,
+                )
+        return new_version
+
+
+_WRAPPED_KEY_TABLES = (
+    ("subject_key", "subject_id", "subject-key"),
+    ("vault_key", "version", "vault-key"),
+)
+"""The tables of data keys wrapped by a tenant key: (table, key id column, AAD label)."""

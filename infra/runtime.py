@@ -18,9 +18,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 import asyncpg
 
+from infra.access import AccessService, GrantExpiry
 from infra.broker import Broker, StreamPolicy
 from infra.db import create_pool
 from infra.eventstore import EventStore
+from infra.ingest import Ingestor
 from infra.keyring import Keyring
 from infra.notary import build_notary
 from infra.positions import PositionWaiter
@@ -28,6 +30,7 @@ from infra.projector import ProjectionRunner
 from infra.publisher import Publisher, Relay
 from infra.services import IdentityServices
 from infra.settings import Settings
+from infra.vault import Vault
 from projections.base import Projection
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ class Workers:
     projections: tuple[Projection, ...] = ()
     notary: bool = False
     """Sign checkpoints; needs the notary key in the settings."""
+    grant_expiry: bool = False
+    """End access grants as they run out (any number of processes may)."""
 
 
 @dataclass(slots=True)
@@ -71,6 +76,9 @@ class Runtime:
     publisher: Publisher
     positions: PositionWaiter
     identity: IdentityServices
+    access: AccessService
+    ingest: Ingestor
+    vault: Vault
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -102,12 +110,29 @@ class Runtime:
             endpoints.master_key,
             rate_limit_per_minute=settings.rate_limit_per_minute,
         )
-        runtime = cls(settings, pool, keyring, store, broker, publisher, positions, identity)
+        ingest = Ingestor(pool, store, keyring, clock=identity.ctx.now)
+        vault = Vault(pool, store, keyring, clock=identity.ctx.now)
+        access = AccessService(pool, store, keyring, credentials=vault, clock=identity.ctx.now)
+        runtime = cls(
+            settings,
+            pool,
+            keyring,
+            store,
+            broker,
+            publisher,
+            positions,
+            identity,
+            access,
+            ingest=ingest,
+            vault=vault,
+        )
         if workers.relay:
             runtime.tasks.append(asyncio.create_task(Relay(pool, broker).run()))
         for projection in workers.projections:
             runner = ProjectionRunner(pool, store, broker, projection)
             runtime.tasks.append(asyncio.create_task(runner.run()))
+        if workers.grant_expiry:
+            runtime.tasks.append(asyncio.create_task(GrantExpiry(access).run()))
         if workers.notary:
             notary = build_notary(settings, pool, store)
             runtime.tasks.append(asyncio.create_task(notary.run(settings.notary_interval)))

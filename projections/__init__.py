@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from projections.access import AccessProjection
+from projections.audit_events import AuditEventsProjection
 from projections.base import Projection
+from projections.connectors import ConnectorsProjection
 from projections.members import MembersProjection
 
-ALL: tuple[Projection, ...] = (MembersProjection(),)
+ALL: tuple[Projection, ...] = (
+    MembersProjection(),
+    AccessProjection(),
+    AuditEventsProjection(),
+    ConnectorsProjection(),
+)
 
 
 def by_name(name: str) -> Projection | None:

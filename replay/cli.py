@@ -191,9 +191,10 @@ def up(data_dir: Path | None, host: str | None, port: int | None, demo: bool) ->
             endpoints = Endpoints(app_url, nats_url, master_key)
             if demo:
                 _print_demo(asyncio.run(create_demo(settings, endpoints)))
-            _serve(
-                settings, endpoints, Workers(relay=True, projections=ALL_PROJECTIONS, notary=True)
+            workers = Workers(
+                relay=True, projections=ALL_PROJECTIONS, notary=True, grant_expiry=True
             )
+            _serve(settings, endpoints, workers)
     except KeyboardInterrupt:
         pass
     finally:

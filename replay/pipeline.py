@@ -165,6 +165,15 @@ def worker_notary(metrics_port: int | None) -> None:
     _run_worker(Workers(notary=True), metrics_port)
 
 
+@worker.command("grant-expiry")
+@_metrics_port
+@friendly_errors
+def worker_grant_expiry(metrics_port: int | None) -> None:
+    """End access grants as they run out, in every tenant (any number may run)."""
+    err.print("ending grants as they run out (Ctrl-C stops it)")
+    _run_worker(Workers(grant_expiry=True), metrics_port)
+
+
 # ---- projections status / retry ---------------------------------------------------------
 
 

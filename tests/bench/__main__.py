@@ -3,9 +3,10 @@
 Usage: ``python -m tests.bench [--quick] [--only SUITES]``. ``--quick`` measures about one
 second per row (a smoke run; its numbers are not meant to be compared with the targets). The
 append suite (rows 1-5), the projection suite (rows 6-8, with NATS), the HTTP suite (rows
-9-12, the API as its own process) and the ledger suite (rows 13-15) each get a fresh embedded
-database; the evidence suite (row 16, offline bundle verification) needs none. Exits 1 only
-when a row had errors or its checks found lost or extra events.
+9-12, the API as its own process), the ledger suite (rows 13-15) and the ingestion suite (rows
+17-18, audit events through HTTP) each get a fresh embedded database; the evidence suite (row
+16, offline bundle verification) needs none. Exits 1 only when a row had errors or its
+checks found lost or extra events.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ import dataclasses
 import sys
 from importlib.metadata import version
 
-from tests.bench import bench_append, bench_evidence, bench_http, bench_ledger, bench_projections
+from tests.bench import (
+    bench_append,
+    bench_evidence,
+    bench_http,
+    bench_ingest,
+    bench_ledger,
+    bench_projections,
+)
 from tests.bench._report import print_table, write_json
 from tests.bench._stack import bench_database, bench_nats, machine_info
 
-SUITES = ("append", "projections", "http", "ledger", "evidence")
+SUITES = ("append", "projections", "http", "ledger", "evidence", "ingest")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -56,6 +64,7 @@ def settings(quick: bool) -> dict[str, object]:
             "log": dataclasses.asdict(scale.log),
         },
         "http": bench_http.settings(),
+        "ingest": bench_ingest.settings(),
         "nats_py": version("nats-py"),
         "asyncpg": version("asyncpg"),
         "eventsourcing": version("eventsourcing"),
@@ -86,6 +95,10 @@ def main(argv: list[str]) -> int:
     if "evidence" in args.only:  # offline: no database
         machine = machine or bench_evidence.machine()
         rows += bench_evidence.run_suite(quick=args.quick)
+    if "ingest" in args.only:
+        with bench_database() as db, bench_nats() as nats_url:
+            machine = machine or machine_info(db)
+            rows += bench_ingest.run_suite(db, nats_url, quick=args.quick)
     print_table(machine, rows, quick=args.quick)
     path = write_json(machine, settings(args.quick), rows)
     print(f"results: {path}")

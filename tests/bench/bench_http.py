@@ -15,6 +15,11 @@ Rows (targets from docs PERFORMANCE.md; ratios against row 10r, measured in this
      MiB stand in the rate column;
 12.  ``POST /v1/auth/login`` with a password (Argon2id, ``PasswordPolicy``'s parameters, in
      the row's name), 4 connections, the tenants' owners round robin. No target.
+19.  the access flow, one operation = three requests in a row: ``POST /v1/access-requests``
+     (an admin's session), ``POST .../decisions`` approve (the owner's session; the manifest
+     signed with the tenant's Ed25519 approval key), ``POST .../execution`` (the request and
+     its grant in one append), 4 connections, the tenants round robin. Latency is the whole
+     flow's. No target in PERFORMANCE.md; the issue asks for the figure.
 
 The API runs as ``strongroom serve`` does (uvicorn, its defaults, no relay or projection
 worker in the process) in a child process, against the embedded PostgreSQL and NATS of
@@ -87,6 +92,7 @@ from tests.bench.bench_projections import member_stats
 
 CONNECTIONS = 16
 LOGIN_CONNECTIONS = 4
+FLOW_CONNECTIONS = 4
 TENANTS = 16
 KEYS_PER_TENANT = 4
 PAGE = 20
@@ -139,6 +145,11 @@ SPECS: dict[str, RowSpec] = {
             f"HTTP login, Argon2id m={POLICY.memory_kib // 1024} MiB "
             f"t={POLICY.iterations} p={POLICY.lanes}",
             LOGIN_CONNECTIONS,
+        ),
+        RowSpec(
+            "19",
+            "HTTP access flow: submit, signed approval, execute",
+            FLOW_CONNECTIONS,
         ),
     )
 }
@@ -590,6 +601,107 @@ async def logins(rig: Rig, window: Window) -> RowResult:
     return await rig.measure("12", window, make)
 
 
+@dataclass(slots=True)
+class Flow:
+    """A tenant's approver (its owner's session), requester (an admin's) and connector."""
+
+    approver: dict[str, str]
+    requester: dict[str, str]
+    connector_id: str
+
+
+async def flow_set_up(api: ApiProcess, world: World) -> list[Flow]:
+    """Per tenant: the owner logs in, invites an admin who joins and logs in, and
+    registers a connector (all through the HTTP API)."""
+
+    async def one(client: httpx.AsyncClient, tenant: Tenant) -> Flow:
+        async def login(email: str) -> dict[str, str]:
+            body = expect(
+                await client.post(
+                    "/v1/auth/login",
+                    json={"tenant": tenant.slug, "email": email, "password": PASSWORD},
+                    headers=forwarded(SETUP, next(world.addresses)),
+                ),
+                200,
+            )
+            return {"Authorization": f"Bearer {body['token']}"}
+
+        owner = await login(tenant.owner_email)
+        email = f"requester@{tenant.slug}.example"
+        invited = expect(
+            await client.post("/v1/members", json={"email": email, "role": "admin"}, headers=owner),
+            201,
+        )
+        expect(
+            await client.post(
+                "/v1/invites/accept",
+                json={"token": invited["invite_token"], "password": PASSWORD},
+                headers=forwarded(SETUP, next(world.addresses)),
+            ),
+            200,
+        )
+        connector = expect(
+            await client.post(
+                "/v1/connectors",
+                json={"kind": "generic", "name": "bench", "config": {}},
+                headers=owner,
+            ),
+            201,
+        )
+        return Flow(owner, await login(email), str(connector["connector_id"]))
+
+    async with httpx.AsyncClient(base_url=api.base_url, timeout=60.0) as client:
+        return [await one(client, t) for t in world.tenants]
+
+
+async def access_flows(rig: Rig, window: Window, flows: list[Flow]) -> RowResult:
+    """Row 19: one operation is a whole flow, three requests in a row: submit a request,
+    approve it (signed with the tenant's Ed25519 key), execute it into a grant."""
+    counter = itertools.count()
+
+    def make(clients: Clients) -> AsyncOp:
+        async def op(i: int) -> int:
+            n = next(counter)
+            flow = flows[n % len(flows)]
+            client = clients[i]
+            made = expect(
+                await client.post(
+                    "/v1/access-requests",
+                    json={
+                        "connector_id": flow.connector_id,
+                        "resource": f"db/bench/{n}",
+                        "access_level": "read",
+                        "justification": "benchmark",
+                        "duration_seconds": 3600,
+                    },
+                    headers=flow.requester,
+                ),
+                201,
+            )
+            request_id = made["request_id"]
+            expect(
+                await client.post(
+                    f"/v1/access-requests/{request_id}/decisions",
+                    json={"decision": "approve"},
+                    headers=flow.approver,
+                ),
+                201,
+            )
+            grant = expect(
+                await client.post(
+                    f"/v1/access-requests/{request_id}/execution", headers=flow.requester
+                ),
+                201,
+            )
+            if grant["request_id"] != request_id:
+                raise AssertionError(f"executed {request_id}, got a grant of {grant['request_id']}")
+            return 1
+
+        return op
+
+    return await rig.measure("19", window, make)
+
+
 # ---- memory --------------------------------------------------------------------------------------
 
 
@@ -664,13 +776,14 @@ async def _run(db: BenchDatabase, nats_url: str, window: Window) -> list[RowResu
             await sampler.stop()
             row11 = rss_row(sampler, at_start, api.memory_kib()["VmHWM"])
             row12 = await logins(rig, window)
+            row19 = await access_flows(rig, window, await flow_set_up(api, world))
             if api.process.poll() is not None:
                 raise RuntimeError(f"the API process exited:\n{api.log_tail()}")
     finally:
         await pool.close()
-    rows = [row9, row9b, row10, row10b, row10r, row12]
+    rows = [row9, row9b, row10, row10b, row10r, row12, row19]
     evaluate(rows, window)
-    return [row9, row9b, row10, row10b, row10r, row11, row12]
+    return [row9, row9b, row10, row10b, row10r, row11, row12, row19]
 
 
 def run_suite(db: BenchDatabase, nats_url: str, *, quick: bool) -> list[RowResult]:

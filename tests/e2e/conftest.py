@@ -30,7 +30,7 @@ from infra.ratelimit import Gcra, RateLimits
 from infra.runtime import Endpoints, Runtime, Workers
 from infra.services import create_platform_token
 from infra.settings import Settings
-from projections.members import MembersProjection
+from projections import ALL as ALL_PROJECTIONS
 from tests.conftest import LOG_HOST, Database
 
 PASSWORD = "correct horse battery staple"
@@ -109,9 +109,7 @@ async def api(database: Database, nats_url: str, master_key: bytes) -> AsyncIter
     clock = Clock()
 
     async def open_runtime() -> Runtime:
-        runtime = await Runtime.open(
-            settings, endpoints, Workers(projections=(MembersProjection(),))
-        )
+        runtime = await Runtime.open(settings, endpoints, Workers(projections=ALL_PROJECTIONS))
         runtime.identity.ctx.clock = clock
         return runtime
 

@@ -22,7 +22,9 @@ import itertools
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 import pyotp
 
@@ -44,6 +46,8 @@ class World:
     owner_key_id: str
     checkpoint_size: int = 0
     """The size of the tenant's signed checkpoint (the ledger routes read it)."""
+    connector_id: str | None = None
+    """A connector of the tenant (access requests name one), made on first use."""
 
     @property
     def owner(self) -> Member:
@@ -354,6 +358,223 @@ async def _key_to_rotate(cell: Cell) -> Call:
     return Call(params={"key_id": await _holders_key(cell)}, json={"overlap_seconds": 60})
 
 
+# ---- prepare: access requests, decisions, grants ----------------------------------------
+
+
+async def world_connector(api: Api, world: World) -> str:
+    """The world's connector (registered once by its owner)."""
+    if world.connector_id is None:
+        created = await api.request(
+            "POST",
+            "/v1/connectors",
+            world.owner.token,
+            json={"kind": "generic", "name": "matrix", "config": {}},
+        )
+        assert created.status_code == 201, created.text
+        world.connector_id = str(created.json()["connector_id"])
+    return world.connector_id
+
+
+async def access_request(api: Api, world: World, token: str) -> dict[str, Any]:
+    """A request submitted with ``token`` on the world's connector."""
+    body = {
+        "connector_id": await world_connector(api, world),
+        "resource": f"matrix/{next(_serial)}",
+        "access_level": "read",
+        "justification": "the access matrix",
+        "duration_seconds": 3600,
+    }
+    response = await api.request("POST", "/v1/access-requests", token, json=body)
+    assert response.status_code == 201, response.text
+    made: dict[str, Any] = response.json()
+    made["position"] = response.headers["strongroom-position"]
+    return made
+
+
+async def approve_request(api: Api, world: World, request_id: str) -> None:
+    response = await api.request(
+        "POST",
+        f"/v1/access-requests/{request_id}/decisions",
+        world.member(Role.APPROVER).token,
+        json={"decision": "approve"},
+    )
+    assert response.status_code == 201, response.text
+
+
+async def issued_grant(api: Api, world: World) -> tuple[str, str]:
+    """A grant of the world's requester, and the position it reached."""
+    requester = world.member(Role.REQUESTER).token
+    made = await access_request(api, world, requester)
+    await approve_request(api, world, made["request_id"])
+    executed = await api.request(
+        "POST", f"/v1/access-requests/{made['request_id']}/execution", requester
+    )
+    assert executed.status_code == 201, executed.text
+    return str(executed.json()["grant_id"]), executed.headers["strongroom-position"]
+
+
+async def _access_policy(cell: Cell) -> Call:
+    """A changed policy each time (an unchanged one is refused), from a fresh session."""
+    body = {"approval_ttl_seconds": 300 + next(_serial)}
+    return Call(json=body, token=await _fresh_session(cell))
+
+
+async def _request_body(cell: Cell) -> dict[str, Any]:
+    return {
+        "connector_id": await world_connector(cell.api, cell.world),
+        "resource": f"matrix/{next(_serial)}",
+        "access_level": "read",
+        "justification": "the access matrix",
+        "duration_seconds": 600,
+    }
+
+
+async def _new_request(cell: Cell) -> Call:
+    return Call(json=await _request_body(cell))
+
+
+async def _others_request(cell: Cell) -> dict[str, Any]:
+    """A request of the world's requester (so the holder may decide on it)."""
+    return await access_request(cell.api, cell.world, cell.world.member(Role.REQUESTER).token)
+
+
+async def _holders_request(cell: Cell) -> dict[str, Any]:
+    """Allowed cells: a request the holder submitted with this very credential."""
+    if cell.allowed and cell.credential is not None:
+        return await access_request(cell.api, cell.world, cell.credential)
+    return await _others_request(cell)
+
+
+async def _request_to_read(cell: Cell) -> Call:
+    made = await _others_request(cell)
+    return Call(params={"request_id": made["request_id"]}, headers={MIN_POSITION: made["position"]})
+
+
+async def _request_to_edit(cell: Cell) -> Call:
+    made = await _holders_request(cell)
+    return Call(params={"request_id": made["request_id"]}, json=await _request_body(cell))
+
+
+async def _request_to_withdraw(cell: Cell) -> Call:
+    made = await _holders_request(cell)
+    return Call(params={"request_id": made["request_id"]})
+
+
+async def _request_to_decide(cell: Cell) -> Call:
+    made = await _others_request(cell)
+    return Call(params={"request_id": made["request_id"]}, json={"decision": "approve"})
+
+
+async def _request_to_execute(cell: Cell) -> Call:
+    made = await _holders_request(cell)
+    if cell.allowed:
+        await approve_request(cell.api, cell.world, made["request_id"])
+    return Call(params={"request_id": made["request_id"]})
+
+
+async def _grant_id(cell: Cell) -> tuple[str, str]:
+    if not cell.allowed:
+        return str(uuid4()), "0"
+    return await issued_grant(cell.api, cell.world)
+
+
+async def _grant_to_read(cell: Cell) -> Call:
+    grant_id, position = await _grant_id(cell)
+    return Call(params={"grant_id": grant_id}, headers={MIN_POSITION: position})
+
+
+async def _grant_to_revoke(cell: Cell) -> Call:
+    grant_id, _ = await _grant_id(cell)
+    return Call(params={"grant_id": grant_id}, json={"reason": "the access matrix"})
+
+
+# ---- prepare: audit events from other systems -------------------------------------------
+
+
+def _audit_event() -> dict[str, str]:
+    occurred = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {
+        "actor": "matrix",
+        "action": "matrix.called",
+        "resource": "matrix/cell",
+        "outcome": "success",
+        "occurred_at": occurred,
+    }
+
+
+async def _audit_record(cell: Cell) -> Call:
+    return Call(json=_audit_event())
+
+
+async def _audit_batch(cell: Cell) -> Call:
+    return Call(json={"events": [_audit_event(), _audit_event()]})
+
+
+async def _audit_export(cell: Cell) -> Call:
+    """A session that has just authenticated (the export needs a step-up)."""
+    return Call(query={"format": "jsonl"}, token=await _fresh_session(cell))
+
+
+# ---- prepare: connectors and the vault ---------------------------------------------------
+
+
+async def new_connector(api: Api, world: World) -> tuple[str, str]:
+    """A connector registered by the owner just now, and the position it reached."""
+    body = {"kind": "generic", "name": f"matrix {next(_serial)}", "config": {"org": "matrix"}}
+    created = await api.request("POST", "/v1/connectors", world.owner.token, json=body)
+    assert created.status_code == 201, created.text
+    return str(created.json()["connector_id"]), created.headers["strongroom-position"]
+
+
+async def _cells_connector(cell: Cell) -> str:
+    """Allowed cells change a connector of their own; denied ones name the world's."""
+    if not cell.allowed:
+        return await world_connector(cell.api, cell.world)
+    connector_id, _ = await new_connector(cell.api, cell.world)
+    return connector_id
+
+
+async def _connector_creation(cell: Cell) -> Call:
+    return Call(json={"kind": "generic", "name": "cell", "config": {"region": "eu"}})
+
+
+async def _connector_to_read(cell: Cell) -> Call:
+    connector_id, position = await new_connector(cell.api, cell.world)
+    return Call(params={"connector_id": connector_id}, headers={MIN_POSITION: position})
+
+
+async def _connector_to_configure(cell: Cell) -> Call:
+    config = {"org": "matrix", "n": next(_serial)}
+    return Call(params={"connector_id": await _cells_connector(cell)}, json={"config": config})
+
+
+async def _connector_to_pause(cell: Cell) -> Call:
+    return Call(params={"connector_id": await _cells_connector(cell)})
+
+
+async def _connector_to_resume(cell: Cell) -> Call:
+    connector_id = await _cells_connector(cell)
+    if cell.allowed:
+        path = f"/v1/connectors/{connector_id}/pause"
+        paused = await cell.api.request("POST", path, cell.world.owner.token)
+        assert paused.status_code == 204, paused.text
+    return Call(params={"connector_id": connector_id})
+
+
+async def _connector_credential(cell: Cell) -> Call:
+    """A credential for a connector of the cell's own, from a session just authenticated."""
+    body = {"kind": "api_key", "secret": "matrix-credential"}
+    return Call(
+        params={"connector_id": await _cells_connector(cell)},
+        json=body,
+        token=await _fresh_session(cell),
+    )
+
+
+async def _tenant_key_rotation(cell: Cell) -> Call:
+    return Call(token=await _fresh_session(cell))
+
+
 P = Permission
 SELF = Permission.ACCOUNT_SELF
 
@@ -427,6 +648,87 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/events/{seq:int}/receipt", 200, _first_event, P.LEDGER_READ),
     Route("GET", "/v1/events/{seq:int}/receipt.tlog-proof", 200, _first_event, P.LEDGER_READ),
     Route("GET", "/v1/events/{seq:int}/leaf", 200, _first_event, P.LEDGER_READ),
+    # access requests, decisions and grants
+    Route("GET", "/v1/access/policy", 200, _as_is, P.REQUESTS_READ),
+    Route("PUT", "/v1/access/policy", 200, _access_policy, P.TENANT_MANAGE, step_up=True),
+    Route("GET", "/v1/access/approval-keys", 200, _as_is, P.REQUESTS_READ),
+    Route("POST", "/v1/access-requests", 201, _new_request, P.REQUESTS_SUBMIT),
+    Route("GET", "/v1/access-requests", 200, _as_is, P.REQUESTS_READ),
+    Route("GET", "/v1/access-requests/mine", 200, _as_is, P.REQUESTS_SUBMIT),
+    Route("GET", "/v1/access-requests/waiting", 200, _as_is, P.REQUESTS_APPROVE),
+    Route("GET", "/v1/access-requests/{request_id:uuid}", 200, _request_to_read, P.REQUESTS_READ),
+    Route("PUT", "/v1/access-requests/{request_id:uuid}", 200, _request_to_edit, P.REQUESTS_SUBMIT),
+    Route(
+        "POST",
+        "/v1/access-requests/{request_id:uuid}/withdraw",
+        204,
+        _request_to_withdraw,
+        P.REQUESTS_SUBMIT,
+    ),
+    Route(
+        "POST",
+        "/v1/access-requests/{request_id:uuid}/decisions",
+        201,
+        _request_to_decide,
+        P.REQUESTS_APPROVE,
+        session_only=True,
+    ),
+    Route(
+        "POST",
+        "/v1/access-requests/{request_id:uuid}/execution",
+        201,
+        _request_to_execute,
+        P.REQUESTS_SUBMIT,
+    ),
+    Route("GET", "/v1/grants", 200, _as_is, P.REQUESTS_READ),
+    Route("GET", "/v1/grants/{grant_id:uuid}", 200, _grant_to_read, P.REQUESTS_READ),
+    Route("POST", "/v1/grants/{grant_id:uuid}/revoke", 204, _grant_to_revoke, P.GRANTS_REVOKE),
+    # audit events from other systems
+    Route("POST", "/v1/audit-events", 201, _audit_record, P.AUDIT_INGEST),
+    Route("POST", "/v1/audit-events/batch", 201, _audit_batch, P.AUDIT_INGEST),
+    Route("GET", "/v1/audit-events", 200, _as_is, P.AUDIT_READ),
+    Route("GET", "/v1/audit-events/export", 200, _audit_export, P.AUDIT_READ, step_up=True),
+    # connectors and the vault
+    Route("POST", "/v1/connectors", 201, _connector_creation, P.CONNECTORS_MANAGE),
+    Route("GET", "/v1/connectors", 200, _as_is, P.CONNECTORS_READ),
+    Route("GET", "/v1/connectors/{connector_id:uuid}", 200, _connector_to_read, P.CONNECTORS_READ),
+    Route(
+        "PUT",
+        "/v1/connectors/{connector_id:uuid}/config",
+        204,
+        _connector_to_configure,
+        P.CONNECTORS_MANAGE,
+    ),
+    Route(
+        "POST",
+        "/v1/connectors/{connector_id:uuid}/pause",
+        204,
+        _connector_to_pause,
+        P.CONNECTORS_MANAGE,
+    ),
+    Route(
+        "POST",
+        "/v1/connectors/{connector_id:uuid}/resume",
+        204,
+        _connector_to_resume,
+        P.CONNECTORS_MANAGE,
+    ),
+    Route(
+        "PUT",
+        "/v1/connectors/{connector_id:uuid}/credential",
+        204,
+        _connector_credential,
+        P.CONNECTORS_MANAGE,
+        step_up=True,
+    ),
+    Route(
+        "POST",
+        "/v1/tenant/key-rotation",
+        200,
+        _tenant_key_rotation,
+        P.TENANT_MANAGE,
+        step_up=True,
+    ),
     # the tenant log
     Route("GET", "/v1/events", 200, _as_is, P.EVENTS_READ),
     Route(

@@ -175,12 +175,24 @@ class OtherTenant:
     member_ids: list[str]
     key_ids: list[str]
     key: str
+    connector_ids: tuple[str, ...] = ()
+    request_ids: tuple[str, ...] = ()
+    grant_ids: tuple[str, ...] = ()
 
     @property
     def markers(self) -> list[str]:
         """Every identifier of this tenant that must never appear in another's answers."""
         emails = [m.email for m in self.world.members.values()]
-        return [self.world.tenant_id, self.world.slug, *self.member_ids, *self.key_ids, *emails]
+        return [
+            self.world.tenant_id,
+            self.world.slug,
+            *self.member_ids,
+            *self.key_ids,
+            *self.connector_ids,
+            *self.request_ids,
+            *self.grant_ids,
+            *emails,
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -192,13 +204,69 @@ async def tenant_b(
     await deactivate(api, World(b, ""), gone.member_id)
     owner_key = await issue_api_key(api, b.owner, EVERY_SCOPE)
     admin_key = await issue_api_key(api, b.members[Role.ADMIN], ["members:read"])
+    connector_ids = await b_connectors(api, b)
+    request_ids, grant_ids = await b_requests(api, b, connector_ids[0])
     await sign_checkpoint(pool, store, b.tenant_id)  # B's ledger exists, for A to miss
     return OtherTenant(
         b,
         [*(m.member_id for m in b.members.values()), gone.member_id],
         [str(owner_key["key_id"]), str(admin_key["key_id"])],
         str(owner_key["key"]),
+        connector_ids,
+        request_ids,
+        grant_ids,
     )
+
+
+async def b_requests(
+    api: Api, b: TenantWorld, connector_id: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """B's access requests (one pending, one executed by its admin after the owner's
+    approval) and the grant the executed one issued."""
+    admin = b.members[Role.ADMIN].token
+    body = {
+        "connector_id": connector_id,
+        "resource": "db/b",
+        "access_level": "read",
+        "justification": "tenant B's own work",
+        "duration_seconds": 3600,
+    }
+    ids = []
+    for _ in range(2):
+        made = await api.request("POST", "/v1/access-requests", admin, json=body)
+        assert made.status_code == 201, made.text
+        ids.append(str(made.json()["request_id"]))
+    decided = await api.request(
+        "POST",
+        f"/v1/access-requests/{ids[0]}/decisions",
+        b.owner.token,
+        json={"decision": "approve"},
+    )
+    assert decided.status_code == 201, decided.text
+    executed = await api.request("POST", f"/v1/access-requests/{ids[0]}/execution", admin)
+    assert executed.status_code == 201, executed.text
+    return tuple(ids), (str(executed.json()["grant_id"]),)
+
+
+async def b_connectors(api: Api, b: TenantWorld) -> tuple[str, ...]:
+    """B's connectors: one with a credential, one paused."""
+    ids = []
+    for name in ("b-with-credential", "b-paused"):
+        created = await api.request(
+            "POST",
+            "/v1/connectors",
+            b.owner.token,
+            json={"kind": "generic", "name": name, "config": {"org": name}},
+        )
+        assert created.status_code == 201, created.text
+        ids.append(str(created.json()["connector_id"]))
+    path = f"/v1/connectors/{ids[0]}/credential"
+    body = {"kind": "api_key", "secret": "b-connector-credential"}
+    credential = await api.request("PUT", path, b.owner.token, json=body)
+    assert credential.status_code == 204, credential.text
+    paused = await api.request("POST", f"/v1/connectors/{ids[1]}/pause", b.owner.token)
+    assert paused.status_code == 204, paused.text
+    return tuple(ids)
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +430,13 @@ async def test_tenant_a_reaching_for_tenant_b_ids_gets_404_and_changes_nothing_o
 ) -> None:
     token = world.owner.token if credential == "owner session" else a_owner_key
     is_key = credential == "owner API key"
-    b_ids = {"member_id": tenant_b.member_ids, "key_id": tenant_b.key_ids}
+    b_ids = {
+        "member_id": tenant_b.member_ids,
+        "key_id": tenant_b.key_ids,
+        "connector_id": list(tenant_b.connector_ids),
+        "request_id": list(tenant_b.request_ids),
+        "grant_id": list(tenant_b.grant_ids),
+    }
     before = await snapshot(api, database, tenant_b)
     # Log positions (seq, size) are coordinates within the caller's own log, not ids:
     # tests/e2e/test_ledger.py shows a position never reaches another tenant's log.
@@ -396,11 +470,15 @@ async def test_tenant_a_lists_never_show_tenant_b_data(
 ) -> None:
     token = world.owner.token if credential == "owner session" else a_owner_key
     lists = [r for r in TENANT_ROUTES if r.method == "GET" and not r.params and not r.endless]
+    # A key never opens a session-only list (the audit export): the session cell reads it.
+    lists = [r for r in lists if credential == "owner session" or not r.needs_session]
     assert lists
     texts = {}
     for route in lists:
         call = await route.prepare(Cell(api, world, Role.OWNER, world.owner, token, allowed=True))
-        response = await api.request("GET", route.path({}), token, params=dict(call.query))
+        response = await api.request(
+            "GET", route.path({}), call.token or token, params=dict(call.query)
+        )
         assert response.status_code == 200, response.text
         texts[route.id] = response.text
     every_key = await api.request("GET", "/v1/api-keys", token, params={"all": "true"})

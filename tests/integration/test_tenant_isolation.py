@@ -9,25 +9,32 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from uuid import UUID, uuid4
 
 import asyncpg
 import pyotp
 import pytest
 
+from domain.access import Decision
+from domain.connector import Connector
 from domain.errors import UnauthenticatedError
-from domain.permissions import Permission
+from domain.permissions import Permission, permissions_of
+from domain.roles import Role
+from infra.access import AccessService
 from infra.broker import Broker
 from infra.credentials import keyed_hash, sha256
 from infra.db import APP_ROLE, tenant_transaction
 from infra.eventstore import Actor, EventStore, NewEvent
 from infra.idempotency import StoredResponse, fingerprint
+from infra.identity import Principal
 from infra.keyring import Keyring
 from infra.notary import Notary
 from infra.notes import Signer
 from infra.projector import ProjectionRunner
 from infra.publisher import advance_cursor
 from infra.services import IdentityServices, create_platform_token
+from infra.vault import Vault
 from projections import ALL as ALL_PROJECTIONS
 from tests.conftest import Database
 
@@ -54,6 +61,18 @@ EXPECTED_TENANT_TABLES = {
     "ledger_key",
     "proj_members.members_view",
     "proj_members.position",
+    "proj_audit_events.audit_events_view",
+    "proj_audit_events.position",
+    "approval_key",
+    "grant_schedule",
+    "proj_access.requests_view",
+    "proj_access.history_view",
+    "proj_access.grants_view",
+    "proj_access.position",
+    "vault_key",
+    "connector_credential",
+    "proj_connectors.connectors_view",
+    "proj_connectors.position",
 }
 PLATFORM_TABLES = {
     "schema_migrations",
@@ -158,6 +177,7 @@ async def fill(store: EventStore, pool: asyncpg.Pool, broker: Broker, tenant: UU
             actor=Actor("system", "isolation-test"),
         )
         head = result.last_seq
+    head = await record_audit_event(store, tenant)
     assert await advance_cursor(pool, tenant, 1, head)
     for projection in ALL_PROJECTIONS:
         await ProjectionRunner(pool, store, broker, projection).advance(tenant, head)
@@ -171,6 +191,77 @@ async def fill(store: EventStore, pool: asyncpg.Pool, broker: Broker, tenant: UU
     assert signed.size is not None
 
 
+async def record_audit_event(store: EventStore, tenant: UUID) -> int:
+    """An audit event of another system, with personal data (a row of audit_events_view)."""
+    stream = f"audit-{tenant}"
+    data = {
+        "actor": "svc",
+        "action": "isolation.checked",
+        "resource": "r/1",
+        "outcome": "success",
+        "occurred_at": "2026-11-24T10:00:00.000000Z",
+        "metadata": {"n": 1},
+    }
+    result = await store.append(
+        tenant,
+        [
+            NewEvent(
+                stream=stream,
+                type="audit.recorded",
+                data=data,
+                personal={"actor_email": "ext@example.com", "source_ip": "192.0.2.1"},
+                subject=f"ext-isolation-{tenant}",
+            )
+        ],
+        expected={stream: None},
+        command_id=uuid4(),
+        actor=Actor("api_key", str(uuid4())),
+    )
+    return result.last_seq
+
+
+async def record_access(
+    store: EventStore, pool: asyncpg.Pool, keyring: Keyring, tenant: UUID
+) -> None:
+    """A connector, an access request approved (signed with the tenant's new approval key)
+    and executed: rows of approval_key, grant_schedule and the access read model."""
+    connector = Connector.register("generic", "isolation", {})
+    access = AccessService(pool, store, keyring, credentials=None)
+    await access.repository.save(
+        tenant, connector, command_id=uuid4(), actor=Actor("system", "isolation-test")
+    )
+
+    def principal(role: Role) -> Principal:
+        return Principal(tenant, uuid4(), role, permissions_of(role), "session", uuid4())
+
+    requester = principal(Role.REQUESTER)
+    submitted = await access.submit(
+        requester,
+        connector_id=connector.id,
+        resource="db/isolation",
+        access_level="read",
+        justification="the isolation test",
+        duration=timedelta(hours=1),
+        items=1,
+    )
+    request_id = submitted.values["request"].id
+    await access.decide(principal(Role.APPROVER), request_id, Decision.APPROVE)
+    await access.execute(requester, request_id)
+
+
+async def record_vault(
+    store: EventStore, pool: asyncpg.Pool, keyring: Keyring, tenant: UUID
+) -> None:
+    """A connector with a credential, rotated once: rows of vault_key,
+    connector_credential and (after fill) the connectors read model."""
+    owner = Principal(tenant, uuid4(), Role.OWNER, permissions_of(Role.OWNER), "session", uuid4())
+    vault = Vault(pool, store, keyring)
+    registered = await vault.register(owner, kind="generic", name="isolation", config={})
+    connector_id = registered.values["connector_id"]
+    await vault.set_credential(owner, connector_id, "api_key", "isolation-credential-1")
+    await vault.set_credential(owner, connector_id, "api_key", "isolation-credential-2")
+
+
 @pytest.fixture(scope="module")
 async def tenants(
     store: EventStore, pool: asyncpg.Pool, keyring: Keyring, master_key: bytes, database: Database
@@ -180,6 +271,8 @@ async def tenants(
     credentials: dict[UUID, Credentials] = {}
     for _ in range(2):
         tenant, credentials[tenant] = await create_identity(services)
+        await record_access(store, pool, keyring, tenant)
+        await record_vault(store, pool, keyring, tenant)
         await fill(store, pool, broker, tenant)
     conn = await asyncpg.connect(database.app_url)
     try:

@@ -32,8 +32,10 @@ from domain.access import (
     RequestStatus,
     RiskLevel,
     SeparationOfDutiesError,
+    TenantAccessPolicy,
     approval_manifest,
     content_hash,
+    policy_from_fields,
 )
 from domain.errors import ConflictError, ForbiddenError, InvalidError
 from domain.permissions import ROLE_PERMISSIONS, Permission
@@ -244,7 +246,12 @@ def test_event_types_follow_the_naming_rule_and_the_justification_is_personal() 
         "access_request.executed",
         "access_request.withdrawn",
     }
-    assert set(event_classes(Grant)) == {"grant.issued", "grant.expired", "grant.revoked"}
+    assert set(event_classes(Grant)) == {
+        "grant.issued",
+        "grant.expired",
+        "grant.revoked",
+        "grant.provisioned",
+    }
     assert personal_fields(AccessRequest.Submitted) == ("justification",)
     assert personal_fields(AccessRequest.Edited) == ("justification",)
     assert personal_fields(Grant.Revoked) == ("reason",)
@@ -927,3 +934,71 @@ def test_no_sequence_of_commands_executes_with_fewer_valid_approvals_than_needed
         events += request.collect_events()
     assert executions <= 1
     assert executions == sum(isinstance(e, AccessRequest.Executed) for e in events)
+
+
+# ---- provisioning records, the tenant's policy as an aggregate ----------------------------
+
+
+def test_a_grant_records_what_its_provisioner_did_and_takes_back_only_after_it_ended() -> None:
+    grant = issued_grant()
+    grant.record_provisioning(step="grant", ok=True, detail="role added", now=NOW)
+    assert grant.provisioning == {"grant": True}
+    with pytest.raises(GrantStateError, match="only after the grant ended"):
+        grant.record_provisioning(step="revoke", ok=True, detail=None, now=NOW)
+    grant.revoke(by=ALICE, reason=None, now=NOW + timedelta(minutes=1))
+    assert (grant.revoked_by, grant.ended_at) == (ALICE, NOW + timedelta(minutes=1))
+    grant.record_provisioning(step="revoke", ok=False, detail="bad\x00\nnews" * 100, now=NOW)
+    [*_, recorded] = grant.collect_events()
+    assert isinstance(recorded, Grant.Provisioned)
+    assert recorded.detail is not None and len(recorded.detail) == 500
+    assert recorded.detail.isprintable(), "control characters become spaces"
+    with pytest.raises(InvalidGrantError, match="grant or revoke"):
+        grant.record_provisioning(step="delete", ok=True, detail=None, now=NOW)
+
+
+def test_an_expired_grant_says_when_it_ended() -> None:
+    grant = issued_grant()
+    grant.expire(NOW + timedelta(hours=5))
+    assert grant.ended_at == NOW + timedelta(hours=5) and grant.revoked_by is None
+
+
+def test_a_tenant_policy_is_adopted_changed_and_read_back_from_its_events() -> None:
+    tenant = uuid4()
+    registry = EventRegistry([TenantAccessPolicy])
+    adopted = TenantAccessPolicy.adopt(tenant, POLICY, by=ALICE)
+    assert adopted.id == tenant and adopted.policy == POLICY
+    with pytest.raises(InvalidPolicyError, match="unchanged"):
+        adopted.change(POLICY, by=BOB)
+    looser = replace(POLICY, two_approvers_at=RiskLevel.CRITICAL)
+    adopted.change(looser, by=BOB)
+    replayed: Any = None
+    for e in stored(registry, adopted.collect_events()):
+        replayed = e.mutate(replayed)
+    assert replayed.policy == looser and replayed.changed_by == BOB and replayed.version == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"sensitivity": [["db/*"]]}, "pair"),
+        ({"sensitivity": [["db/*", "severe"]]}, "a level in sensitivity"),
+        ({"default_risk": "none"}, "default_risk"),
+        ({"approval_ttl_seconds": 0}, "approval_ttl_seconds"),
+        ({"approval_ttl_seconds": 60}, "5 minutes to 7 days"),
+        ({"max_grant_seconds": True}, "max_grant_seconds"),
+        ({"two_approvers_above_items": 0}, "item threshold"),
+        ({"access_floors": [["admin", "high"], ["ADMIN", "low"]]}, "two floors"),
+    ],
+)
+def test_a_policy_from_plain_values_is_checked(fields: dict[str, Any], message: str) -> None:
+    base: dict[str, Any] = {
+        "sensitivity": [],
+        "access_floors": [],
+        "default_risk": "low",
+        "two_approvers_at": "high",
+        "two_approvers_above_items": None,
+        "approval_ttl_seconds": 3600,
+        "max_grant_seconds": 3600,
+    }
+    with pytest.raises(InvalidPolicyError, match=message):
+        policy_from_fields(**{**base, **fields})

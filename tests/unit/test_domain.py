@@ -230,6 +230,7 @@ def test_tenant_event_type_strings_are_category_dot_snake_case() -> None:
         "tenant.settings_changed": Tenant.SettingsChanged,
         "tenant.owner_added": Tenant.OwnerAdded,
         "tenant.owner_removed": Tenant.OwnerRemoved,
+        "tenant.key_rotated": Tenant.KeyRotated,
     }
 
 
