@@ -111,6 +111,7 @@ def _grant_view(source: GrantRow | Grant) -> GrantView:
         ended_at=source.ended_at,
         revoked_by=source.revoked_by,
         provisioned=source.provisioning.get("grant"),
+        deprovisioned=source.provisioning.get("revoke"),
         version=source.version,
     )
 

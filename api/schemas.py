@@ -342,7 +342,10 @@ class GrantView(Body):
     ended_at: datetime | None
     revoked_by: UUID | None
     provisioned: bool | None
-    """None: no provisioner for the connector's kind (recorded only)."""
+    """Whether the connector's provisioner granted the access in the target system;
+    None: no provisioner for the connector's kind (recorded only)."""
+    deprovisioned: bool | None
+    """The same for taking it back once the grant ended."""
     version: int
 
 

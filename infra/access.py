@@ -377,6 +377,7 @@ class AccessService:
 
     async def decide(self, principal: Principal, request_id: UUID, decision: Decision) -> Decided:
         """Sign and record an approval or a rejection of the request's current content."""
+        await self.request(principal.tenant_id, request_id)  # none: 404 before any key is made
         key_id, private = await self.keys.signer(principal.tenant_id)
         for attempt in range(DECISION_ATTEMPTS):
             request = await self.request(principal.tenant_id, request_id)

@@ -85,6 +85,7 @@ class GrantRow:
     ended_at: datetime | None
     revoked_by: UUID | None
     provisioned: bool | None
+    deprovisioned: bool | None
     version: int
 
 
@@ -146,6 +147,7 @@ class AccessProjection(Projection):
             ended_at      timestamptz,
             revoked_by    uuid,
             provisioned   boolean,
+            deprovisioned boolean,
             version       integer NOT NULL,
             PRIMARY KEY (tenant_id, grant_id)
         );
@@ -275,9 +277,7 @@ class AccessProjection(Projection):
             return
         if event.type == "grant.provisioned":
             values: list[object] = [bool(data["ok"])]
-            change = "provisioned = $4"
-            if data["step"] != "grant":
-                change, values = "version = version", []
+            change = "provisioned = $4" if data["step"] == "grant" else "deprovisioned = $4"
         elif event.type == "grant.expired":
             change = "status = 'expired', ended_at = $4"
             values = [datetime.fromisoformat(data["expired_at"])]

@@ -630,6 +630,12 @@ async def test_execution_and_expiry_provision_with_the_audited_credential(
         finally:
             api.clock.advance(timedelta(seconds=-61))
         assert target.calls[-1] == ("revoke", grant_id, canary)
+        ended = await wait_for_grant(api, world, grant_id, database)
+        assert (ended["status"], ended["provisioned"], ended["deprovisioned"]) == (
+            "expired",
+            True,
+            True,
+        )
 
         # a failing target system: recorded on the grant, the message (and credential) not
         target.fail = True
@@ -661,6 +667,22 @@ async def test_execution_and_expiry_provision_with_the_audited_credential(
     every_leaf = b"".join(bytes(e["leaf"]) for e in await log_events_all(database, world.tenant_id))
     assert canary.encode() not in every_leaf
     assert all(canary not in r.getMessage() for r in caplog.records)
+
+
+async def wait_for_grant(
+    api: Api, world: TenantWorld, grant_id: str, database: Database
+) -> dict[str, Any]:
+    """The grant as the read model shows it once it has every event of the grant."""
+    events = await log_events(database, world.tenant_id, f"grant-{grant_id}")
+    response = await api.request(
+        "GET",
+        f"/v1/grants/{grant_id}",
+        world.owner.token,
+        headers={MIN_POSITION: str(events[-1]["seq"])},
+    )
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
 
 
 async def log_events_all(database: Database, tenant_id: str) -> list[asyncpg.Record]:
