@@ -7,17 +7,15 @@ Commands go through infra/access.py; queries read the ``access`` read model
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import asyncpg
 from litestar import Controller, Request, Response, get, post, put
 from litestar.params import Parameter
 
 from api.access import principal_of, requires
-from api.positions import positioned, wait_for_min_position
+from api.positions import positioned, read_model
 from api.schemas import (
     AccessPolicyBody,
     AccessPolicyView,
@@ -44,7 +42,6 @@ from domain.access import (
 from domain.errors import NotFoundError
 from domain.permissions import Permission
 from infra.access import public_key_pem, verify_decision
-from infra.db import tenant_transaction
 from infra.identity import Principal
 from infra.runtime import Runtime
 from projections.access import (
@@ -60,7 +57,6 @@ from projections.access import (
 )
 
 _PROJECTION = AccessProjection.name
-T = TypeVar("T")
 Limit = Annotated[int, Parameter(ge=1, le=500)]
 RequestStatusName = Literal["pending", "rejected", "withdrawn", "executed"]
 
@@ -161,18 +157,6 @@ def _history_entry(request_id: UUID, h: HistoryRow, keys: dict[str, bytes]) -> H
 
 def _context(request: Request[Any, Any, Any]) -> tuple[Runtime, Principal]:
     return request.app.state.runtime, principal_of(request.scope)
-
-
-async def _read(
-    request: Request[Any, Any, Any],
-    query: Callable[[asyncpg.Connection, Principal], Awaitable[T]],
-) -> T:
-    """A read-model query for the caller's tenant, once the model has reached the
-    caller's ``Strongroom-Min-Position``."""
-    runtime, principal = _context(request)
-    await wait_for_min_position(request, _PROJECTION, principal.tenant_id)
-    async with tenant_transaction(runtime.pool, principal.tenant_id, readonly=True) as conn:
-        return await query(conn, principal)
 
 
 def _content(data: AccessRequestSubmit) -> dict[str, Any]:
@@ -280,8 +264,9 @@ class AccessRequestController(Controller):
         after: UUID | None = None,
         limit: Limit = 100,
     ) -> AccessRequestPage:
-        rows = await _read(
+        rows = await read_model(
             request,
+            _PROJECTION,
             lambda conn, principal: list_requests(
                 conn,
                 principal.tenant_id,
@@ -307,8 +292,9 @@ class AccessRequestController(Controller):
         after: UUID | None = None,
         limit: Limit = 100,
     ) -> AccessRequestPage:
-        rows = await _read(
+        rows = await read_model(
             request,
+            _PROJECTION,
             lambda conn, principal: list_requests(
                 conn,
                 principal.tenant_id,
@@ -331,8 +317,9 @@ class AccessRequestController(Controller):
         self, request: Request[Any, Any, Any], after: UUID | None = None, limit: Limit = 100
     ) -> AccessRequestPage:
         now = request.app.state.runtime.identity.ctx.now()
-        rows = await _read(
+        rows = await read_model(
             request,
+            _PROJECTION,
             lambda conn, principal: waiting_for(
                 conn, principal.tenant_id, principal.member_id, now, after=after, limit=limit
             ),
@@ -348,8 +335,10 @@ class AccessRequestController(Controller):
     )
     async def get(self, request: Request[Any, Any, Any], request_id: UUID) -> AccessRequestHistory:
         runtime, principal = _context(request)
-        found = await _read(
-            request, lambda conn, principal: get_request(conn, principal.tenant_id, request_id)
+        found = await read_model(
+            request,
+            _PROJECTION,
+            lambda conn, principal: get_request(conn, principal.tenant_id, request_id),
         )
         if found is None:
             raise NotFoundError(f"no access request {request_id}")
@@ -454,8 +443,9 @@ class GrantController(Controller):
         limit: Limit = 100,
     ) -> GrantPage:
         now = request.app.state.runtime.identity.ctx.now() if active else None
-        rows = await _read(
+        rows = await read_model(
             request,
+            _PROJECTION,
             lambda conn, principal: list_grants(
                 conn,
                 principal.tenant_id,
@@ -479,8 +469,10 @@ class GrantController(Controller):
         opt=requires(Permission.REQUESTS_READ),
     )
     async def get(self, request: Request[Any, Any, Any], grant_id: UUID) -> GrantView:
-        row = await _read(
-            request, lambda conn, principal: get_grant(conn, principal.tenant_id, grant_id)
+        row = await read_model(
+            request,
+            _PROJECTION,
+            lambda conn, principal: get_grant(conn, principal.tenant_id, grant_id),
         )
         if row is None:
             raise NotFoundError(f"no grant {grant_id}")

@@ -31,7 +31,7 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from api.access import principal_of, requires
-from api.positions import positioned, wait_for_min_position
+from api.positions import positioned, read_model, wait_for_min_position
 from api.schemas import Body
 from domain.ingest import (
     MAX_ACTOR,
@@ -329,14 +329,14 @@ class AuditEventController(Controller):
         after: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 100,
     ) -> AuditEventPage:
-        runtime: Runtime = request.app.state.runtime
-        principal = principal_of(request.scope)
         filters = _filters(actor, action, resource, since, until)
-        await wait_for_min_position(request, _PROJECTION, principal.tenant_id)
-        async with tenant_transaction(runtime.pool, principal.tenant_id, readonly=True) as conn:
-            rows = await list_audit_events(
+        rows = await read_model(
+            request,
+            _PROJECTION,
+            lambda conn, principal: list_audit_events(
                 conn, principal.tenant_id, filters, after=after, limit=limit + 1
-            )
+            ),
+        )
         more = len(rows) > limit
         rows = rows[:limit]
         return AuditEventPage(

@@ -10,7 +10,7 @@ from litestar import Controller, Request, Response, get, post, put
 from litestar.params import Parameter
 
 from api.access import principal_of, requires
-from api.positions import positioned, wait_for_min_position
+from api.positions import positioned, read_model
 from api.schemas import (
     ConnectorConfigChange,
     ConnectorCreate,
@@ -22,7 +22,6 @@ from api.schemas import (
 )
 from domain.errors import NotFoundError
 from domain.permissions import Permission
-from infra.db import tenant_transaction
 from infra.runtime import Runtime
 from projections.connectors import (
     ConnectorRow,
@@ -70,13 +69,13 @@ class ConnectorController(Controller):
         after: UUID | None = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
     ) -> ConnectorPage:
-        runtime: Runtime = request.app.state.runtime
-        principal = principal_of(request.scope)
-        await wait_for_min_position(request, _PROJECTION, principal.tenant_id)
-        async with tenant_transaction(runtime.pool, principal.tenant_id, readonly=True) as conn:
-            rows = await list_connectors(
+        rows = await read_model(
+            request,
+            _PROJECTION,
+            lambda conn, principal: list_connectors(
                 conn, principal.tenant_id, kind=kind, status=status, after=after, limit=limit
-            )
+            ),
+        )
         return ConnectorPage(
             items=[_view(r) for r in rows],
             next_after=rows[-1].connector_id if len(rows) == limit else None,
@@ -90,11 +89,11 @@ class ConnectorController(Controller):
         opt=requires(Permission.CONNECTORS_READ),
     )
     async def get(self, request: Request[Any, Any, Any], connector_id: UUID) -> ConnectorView:
-        runtime: Runtime = request.app.state.runtime
-        principal = principal_of(request.scope)
-        await wait_for_min_position(request, _PROJECTION, principal.tenant_id)
-        async with tenant_transaction(runtime.pool, principal.tenant_id, readonly=True) as conn:
-            row = await get_connector(conn, principal.tenant_id, connector_id)
+        row = await read_model(
+            request,
+            _PROJECTION,
+            lambda conn, principal: get_connector(conn, principal.tenant_id, connector_id),
+        )
         if row is None:
             raise NotFoundError(f"no connector {connector_id}")
         return _view(row)

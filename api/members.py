@@ -9,7 +9,7 @@ from litestar import Controller, Request, Response, get, post, put
 from litestar.params import Parameter
 
 from api.access import PUBLIC, principal_of, requires
-from api.positions import positioned, wait_for_min_position
+from api.positions import positioned, read_model
 from api.schemas import (
     InviteAccept,
     Joined,
@@ -23,7 +23,6 @@ from api.schemas import (
 from domain.errors import NotFoundError
 from domain.permissions import Permission
 from domain.roles import Role
-from infra.db import tenant_transaction
 from infra.runtime import Runtime
 from projections.members import MemberRow, MembersProjection, get_member, list_members
 
@@ -60,13 +59,13 @@ class MemberController(Controller):
         after: UUID | None = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
     ) -> MemberPage:
-        runtime: Runtime = request.app.state.runtime
-        principal = principal_of(request.scope)
-        await wait_for_min_position(request, _PROJECTION, principal.tenant_id)
-        async with tenant_transaction(runtime.pool, principal.tenant_id, readonly=True) as conn:
-            rows = await list_members(
+        rows = await read_model(
+            request,
+            _PROJECTION,
+            lambda conn, principal: list_members(
                 conn, principal.tenant_id, role=role, active=active, after=after, limit=limit
-            )
+            ),
+        )
         return MemberPage(
             items=[_view(r) for r in rows],
             next_after=rows[-1].member_id if len(rows) == limit else None,
@@ -79,11 +78,11 @@ class MemberController(Controller):
         opt=requires(Permission.MEMBERS_READ),
     )
     async def get(self, request: Request[Any, Any, Any], member_id: UUID) -> MemberView:
-        runtime: Runtime = request.app.state.runtime
-        principal = principal_of(request.scope)
-        await wait_for_min_position(request, _PROJECTION, principal.tenant_id)
-        async with tenant_transaction(runtime.pool, principal.tenant_id, readonly=True) as conn:
-            row = await get_member(conn, principal.tenant_id, member_id)
+        row = await read_model(
+            request,
+            _PROJECTION,
+            lambda conn, principal: get_member(conn, principal.tenant_id, member_id),
+        )
         if row is None:
             raise NotFoundError(f"no member {member_id}")
         return _view(row)

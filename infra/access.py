@@ -377,10 +377,10 @@ class AccessService:
 
     async def decide(self, principal: Principal, request_id: UUID, decision: Decision) -> Decided:
         """Sign and record an approval or a rejection of the request's current content."""
-        await self.request(principal.tenant_id, request_id)  # none: 404 before any key is made
-        key_id, private = await self.keys.signer(principal.tenant_id)
         for attempt in range(DECISION_ATTEMPTS):
             request = await self.request(principal.tenant_id, request_id)
+            # After the load: an unknown request is a 404 before any key is made.
+            key_id, private = await self.keys.signer(principal.tenant_id)
             now = self.clock()
             manifest = request.approval_manifest(principal.member_id, decision, now)
             signature = private.sign(manifest)

@@ -114,18 +114,38 @@ def _row_json(row: RowResult) -> dict[str, Any]:
     }
 
 
-def write_json(machine: dict[str, Any], settings: dict[str, Any], rows: list[RowResult]) -> Path:
-    """Write ``bench-<UTC timestamp>.json`` and ``latest.json``; return the first."""
-    RESULTS_DIR.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+def _document(
+    suites: list[str], machine: dict[str, Any], settings: dict[str, Any], rows: list[RowResult]
+) -> bytes:
     document = {
-        "suites": ["append", "projections", "http"],
+        "suites": suites,
         "machine": machine,
         "settings": settings,
         "rows": [_row_json(r) for r in rows],
     }
-    data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
-    path = RESULTS_DIR / f"bench-{stamp}.json"
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def write_json(machine: dict[str, Any], settings: dict[str, Any], rows: list[RowResult]) -> Path:
+    """Write ``bench-<UTC timestamp>.json`` and ``latest.json``; return the first."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    data = _document(["append", "projections", "http"], machine, settings, rows)
+    path = RESULTS_DIR / f"bench-{_stamp()}.json"
     path.write_bytes(data)
     (RESULTS_DIR / "latest.json").write_bytes(data)
+    return path
+
+
+def write_suite_json(
+    suite: str, machine: dict[str, Any], settings: dict[str, Any], rows: list[RowResult]
+) -> Path:
+    """One suite run alone: ``<suite>-<UTC timestamp>.json`` (``latest.json`` is left to
+    ``make bench``); return its path."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{suite}-{_stamp()}.json"
+    path.write_bytes(_document([suite], machine, settings, rows))
     return path

@@ -35,7 +35,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
-import orjson
 
 from infra import canonical
 from infra.evidence import (
@@ -76,8 +75,7 @@ from infra.notes import (
     sign_note,
 )
 from tests.bench._harness import Measurement
-from tests.bench._report import RESULTS_DIR, print_table
-from tests.bench._report import _row_json as row_json
+from tests.bench._report import print_table, write_suite_json
 from tests.bench._stack import cpu_count, cpu_model
 from tests.bench.bench_append import RowResult, RowSpec, evaluate, event_data
 
@@ -286,19 +284,12 @@ def main(argv: list[str]) -> int:
     rows = run_suite(quick=args.quick)
     info = machine()
     print_table(info, rows, quick=args.quick)
-    document = {
-        "suites": ["evidence"],
-        "machine": info,
-        "settings": {
-            "quick": args.quick,
-            "events": QUICK_EVENTS if args.quick else FULL_EVENTS,
-            "checkpoint_every": CHECKPOINT_EVERY,
-        },
-        "rows": [row_json(r) for r in rows],
+    settings = {
+        "quick": args.quick,
+        "events": QUICK_EVENTS if args.quick else FULL_EVENTS,
+        "checkpoint_every": CHECKPOINT_EVERY,
     }
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"evidence-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    path = write_suite_json("evidence", info, settings, rows)
     print(f"results: {path}")
     return 1 if any(r.problems for r in rows) else 0
 

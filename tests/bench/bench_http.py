@@ -66,14 +66,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 import httpx
-import orjson
 
 from infra.broker import Broker
 from infra.credentials import PasswordPolicy
@@ -84,8 +82,7 @@ from infra.projector import ProjectionRunner
 from infra.services import create_platform_token
 from projections.members import MembersProjection
 from tests.bench._harness import AsyncOp, Measurement, Window, run_async
-from tests.bench._report import RESULTS_DIR, print_table
-from tests.bench._report import _row_json as row_json
+from tests.bench._report import print_table, write_suite_json
 from tests.bench._stack import BenchDatabase, bench_database, bench_nats, machine_info
 from tests.bench.bench_append import FULL, QUICK, RowResult, RowSpec, evaluate
 from tests.bench.bench_projections import member_stats
@@ -801,20 +798,17 @@ def main(argv: list[str]) -> int:
         rows = run_suite(db, nats_url, quick=args.quick)
     print_table(machine, rows, quick=args.quick)
     window = QUICK if args.quick else FULL
-    document = {
-        "suites": ["http"],
-        "machine": machine,
-        "settings": {
+    path = write_suite_json(
+        "http",
+        machine,
+        {
             "quick": args.quick,
             "warmup_s": window.warmup,
             "measure_s": window.measure,
             "http": settings(),
         },
-        "rows": [row_json(r) for r in rows],
-    }
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"http-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+        rows,
+    )
     print(f"results: {path}")
     return 1 if any(r.problems for r in rows) else 0
 

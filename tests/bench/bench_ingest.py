@@ -31,7 +31,6 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -45,8 +44,7 @@ from infra.eventstore import Actor, EventStore
 from infra.ingest import Ingestor
 from infra.keyring import Keyring
 from tests.bench._harness import AsyncOp, Window, run_async
-from tests.bench._report import RESULTS_DIR, print_table
-from tests.bench._report import _row_json as row_json
+from tests.bench._report import print_table, write_suite_json
 from tests.bench._stack import BenchDatabase, bench_database, bench_nats, machine_info
 from tests.bench.bench_append import FULL, QUICK, RowResult, RowSpec, evaluate
 from tests.bench.bench_http import (
@@ -318,20 +316,17 @@ def main(argv: list[str]) -> int:
         rows = run_suite(db, nats_url, quick=args.quick)
     print_table(machine, rows, quick=args.quick)
     window = QUICK if args.quick else FULL
-    document = {
-        "suites": ["ingest"],
-        "machine": machine,
-        "settings": {
+    path = write_suite_json(
+        "ingest",
+        machine,
+        {
             "quick": args.quick,
             "warmup_s": window.warmup,
             "measure_s": window.measure,
             "ingest": settings(),
         },
-        "rows": [row_json(r) for r in rows],
-    }
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path: Path = RESULTS_DIR / f"ingest-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+        rows,
+    )
     print(f"results: {path}")
     return 1 if any(r.problems for r in rows) else 0
 
