@@ -19,18 +19,18 @@ written, and the other commands of its batch still commit.
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import dataclasses
 import hashlib
 import logging
 import os
 import re
-import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from hashlib import sha256
 from typing import Any, Final
 from uuid import UUID
 
@@ -41,7 +41,8 @@ from domain.errors import ConflictError, InvalidError, NotFoundError
 from infra import canonical
 from infra.db import call_in_tenant, tenant_transaction
 from infra.keyring import Keyring, SubjectKey, open_sealed, pii_aad, seal
-from infra.merkle import MIN_STORED_LEVEL, ZERO_HASH, Frontier, chain_hash, leaf_hash
+from infra.merkle import MIN_STORED_LEVEL, ZERO_HASH, Frontier
+from infra.metrics import APPEND_CALLS
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,17 @@ MAX_EVENTS_PER_COMMAND: Final = 1000
 MAX_BATCH_EVENTS: Final = 2000
 _MAX_ATTEMPTS: Final = 8
 _VERSION_CACHE: Final = 4096
+_PIPELINE_DEPTH: Final = 2
+"""Batches of one tenant in flight at once: one committing, one planned behind it."""
 _STREAM = re.compile(r"^[a-z][a-z0-9_]{0,62}-[A-Za-z0-9][A-Za-z0-9._:-]{0,190}$")
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,62}(\.[a-z][a-z0-9_]{0,62}){1,3}$")
 _FIELD = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _ENVELOPE_ALLOWANCE: Final = 1024
+_LEAF: Final = (
+    b'{"actor":%b,"causation":%b,"correlation":"%b","data":%b,"id":"%b","log":%b,"pii":%b,'
+    b'"salt":"%b","seq":%d,"stream":"%b","ts":"%b","type":"%b","v":%d,"version":%d}'
+)
+"""The leaf's envelope, keys in RFC 8785 order (see ``_build_leaves``)."""
 
 
 class EventRejectedError(InvalidError):
@@ -207,6 +215,21 @@ class _Pending:
     effect: Effect | None = None
 
 
+@dataclass(slots=True)
+class _Flight:
+    """A batch sent to ``append_batch`` whose answer has not been taken yet."""
+
+    batch: list[_Pending]
+    plan: _Plan
+    base_size: int
+    base_chain: bytes
+    """The head the plan was made on (what ``append_batch`` must find)."""
+    behind: bool
+    """Planned on the head another flight leaves, not on a committed one."""
+    task: asyncio.Future[object] = field(init=False)
+    resent: int = 0
+
+
 @dataclass(slots=True, kw_only=True)
 class _Plan:
     """One call of ``append_batch``: its columns, and what each command gets if it commits."""
@@ -253,12 +276,12 @@ class _Plan:
         self.c_fingerprint.append(pending.fingerprint)
         self.c_first_seq.append(self.frontier.size + 1)
         self.c_count.append(len(built))
+        chain = self.chain
+        add_leaf = self.frontier.append
         for seq, event, event_id, version, leaf, pii in built:
-            lh = leaf_hash(leaf)
-            self.chain = chain_hash(self.chain, lh)
-            for node in self.frontier.append(lh):
-                if node.level < MIN_STORED_LEVEL:
-                    continue
+            lh = sha256(b"\x00" + leaf).digest()
+            chain = sha256(chain + lh).digest()
+            for node in add_leaf(lh, MIN_STORED_LEVEL):
                 self.node_levels.append(node.level)
                 self.node_indexes.append(node.index)
                 self.node_hashes.append(node.hash)
@@ -269,14 +292,28 @@ class _Plan:
             self.types.append(event.type)
             self.leaves.append(leaf)
             self.leaf_hashes.append(lh)
-            self.chain_hashes.append(self.chain)
+            self.chain_hashes.append(chain)
             for digest, subject, ciphertext in pii:
                 self.p_hash.append(digest)
                 self.p_subject.append(subject)
                 self.p_command.append(position)
                 self.p_ciphertext.append(ciphertext)
-            appended.append(Appended(seq, event.stream, version, event_id, lh, self.chain))
+            appended.append(Appended(seq, event.stream, version, event_id, lh, chain))
+        self.chain = chain
         return AppendResult(tuple(appended))
+
+    def head_after(self, head: _HeadCache) -> _HeadCache:
+        """The head ``head`` becomes if this plan commits: what the batch behind it
+        is planned on while this one is in flight."""
+        return _HeadCache(
+            origin=head.origin,
+            size=self.frontier.size,
+            chain=self.chain,
+            frontier=self.frontier,
+            last_ts=self.ts,
+            versions=head.versions,
+            planned_versions=self.versions,
+        )
 
     def to_arguments(self, head: _HeadCache) -> tuple[object, ...]:
         return (
@@ -325,6 +362,12 @@ class _HeadCache:
     last_ts: datetime | None = None
     versions: OrderedDict[str, int] = field(default_factory=OrderedDict)
     """Recently seen stream versions, used to guess for ``None`` (any) expectations."""
+    planned_versions: Mapping[str, int] = field(default_factory=dict)
+    """Stream versions of the batch in flight that this head assumes has committed."""
+
+    def version_of(self, stream: str) -> int:
+        """The stream's version as far as this process knows (0: not seen)."""
+        return self.planned_versions.get(stream) or self.versions.get(stream, 0)
 
     def commit(self, plan: _Plan) -> None:
         self.size = plan.frontier.size
@@ -373,16 +416,18 @@ def _is_encodable(value: object, max_length: int) -> bool:
 
 def new_event_id() -> UUID:
     """A UUIDv7 (RFC 9562): time-ordered, so the event id index grows at its right edge."""
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (
-        (millis & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76
-        | (rand >> 62 & 0xFFF) << 64
-        | 0b10 << 62
-        | rand & 0x3FFF_FFFF_FFFF_FFFF
-    )
-    return UUID(int=value)
+    return new_event_ids(1)[0]
+
+
+def new_event_ids(count: int) -> list[UUID]:
+    """``count`` UUIDv7s of this millisecond (one random read for all of them)."""
+    stamp = (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | 0b10 << 62
+    random = os.urandom(10 * count)
+    ids = []
+    for at in range(0, 10 * count, 10):
+        rand = int.from_bytes(random[at : at + 10], "big")
+        ids.append(UUID(int=stamp | (rand >> 62 & 0xFFF) << 64 | rand & 0x3FFF_FFFF_FFFF_FFFF))
+    return ids
 
 
 def origin_for(log_host: str, tenant_id: UUID) -> str:
@@ -412,6 +457,7 @@ class EventStore:
         self._drainers: dict[UUID, asyncio.Task[None]] = {}
         self._heads: dict[UUID, _HeadCache] = {}
         self._listeners: list[CommitListener] = []
+        self._wakeups: dict[UUID, asyncio.Future[None]] = {}
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
@@ -448,6 +494,10 @@ class EventStore:
         self._queues.setdefault(tenant_id, deque()).append(pending)
         if tenant_id not in self._drainers:
             self._drainers[tenant_id] = asyncio.create_task(self._drain(tenant_id))
+        else:
+            wakeup = self._wakeups.get(tenant_id)
+            if wakeup is not None and not wakeup.done():
+                wakeup.set_result(None)
         return await pending.future
 
     def _prepare(
@@ -466,33 +516,44 @@ class EventStore:
         described = []
         checked: list[NewEvent] = []
         data_json: list[bytes] = []
+        valid_streams: set[str] = set()
+        valid_types: set[str] = set()
         for i, e in enumerate(events):
-            where = f"event {i}"
-            if not _STREAM.fullmatch(e.stream):
-                raise EventRejectedError(f"{where}: stream must look like category-id")
-            if not _EVENT_TYPE.fullmatch(e.type):
-                raise EventRejectedError(f"{where}: type must look like category.happened")
-            if e.stream not in expected:
-                raise EventRejectedError(f"{where}: no expected version for its stream")
-            if not isinstance(e.data, Mapping):
-                raise EventRejectedError(f"{where}: data must be an object")
-            e = dataclasses.replace(e, data=dict(e.data), personal=dict(e.personal))  # noqa: PLW2901
+            if e.stream not in valid_streams:
+                if not _STREAM.fullmatch(e.stream):
+                    raise EventRejectedError(f"event {i}: stream must look like category-id")
+                if e.stream not in expected:
+                    raise EventRejectedError(f"event {i}: no expected version for its stream")
+                valid_streams.add(e.stream)
+            if e.type not in valid_types:
+                if not _EVENT_TYPE.fullmatch(e.type):
+                    raise EventRejectedError(f"event {i}: type must look like category.happened")
+                valid_types.add(e.type)
+            data = e.data
+            if type(data) is not dict:
+                if not isinstance(data, Mapping):
+                    raise EventRejectedError(f"event {i}: data must be an object")
+                data = dict(data)
+            # Encoding now snapshots the data: a caller changing it later changes nothing.
             try:
-                data_bytes = canonical.encode(e.data)
+                data_bytes = canonical.encode(data)
             except canonical.CanonicalEncodingError as err:
-                raise EventRejectedError(f"{where}: data {err}") from None
+                raise EventRejectedError(f"event {i}: data {err}") from None
             if len(data_bytes) + _ENVELOPE_ALLOWANCE + 80 * len(e.personal) > (
                 canonical.MAX_LEAF_BYTES
             ):
-                raise EventRejectedError(f"{where}: leaf over {canonical.MAX_LEAF_BYTES} bytes")
+                raise EventRejectedError(f"event {i}: leaf over {canonical.MAX_LEAF_BYTES} bytes")
+            personal: list[str] = []
             if e.personal:
+                e = dataclasses.replace(e, personal=dict(e.personal))  # noqa: PLW2901
                 if not _is_text(e.subject, 200):
-                    raise EventRejectedError(f"{where}: personal fields need a data subject")
+                    raise EventRejectedError(f"event {i}: personal fields need a data subject")
                 for name, value in e.personal.items():
                     if not _FIELD.fullmatch(name) or not _is_encodable(value, 64 * 1024):
-                        raise EventRejectedError(f"{where}: personal field {name!r} is invalid")
+                        raise EventRejectedError(f"event {i}: personal field {name!r} is invalid")
+                personal = sorted(e.personal)
             # Personal values stay out of the fingerprint: it is kept forever.
-            described.append([e.stream, e.type, data_bytes.decode(), sorted(e.personal), e.subject])
+            described.append([e.stream, e.type, data_bytes.decode(), personal, e.subject])
             checked.append(e)
             data_json.append(data_bytes)
         for stream, version in expected.items():
@@ -512,86 +573,224 @@ class EventStore:
             correlation=correlation or command_id,
             causation=causation,
             fingerprint=fingerprint,
-            event_ids=[new_event_id() for _ in events],
+            event_ids=new_event_ids(len(events)),
             data_json=data_json,
             future=asyncio.get_running_loop().create_future(),
         )
 
     async def _drain(self, tenant_id: UUID) -> None:
+        """Write a tenant's queued commands, keeping up to two batches in flight.
+
+        The second batch is planned on the head the first will leave, so Python
+        plans it while PostgreSQL commits the first; its call waits on the head row
+        lock and then finds exactly that head. Answers are taken in order, so heads
+        and commit listeners see commits in commit order. If a batch does not
+        commit, the batches behind it were planned on a head that never existed and
+        come back ``stale`` having written nothing: once the pipe is empty they are
+        written again one at a time, the careful way (``_write_batch``).
+        """
         queue = self._queues[tenant_id]
+        in_flight: deque[_Flight] = deque()
         try:
-            while queue:
-                batch: list[_Pending] = []
-                size = 0
-                while queue and size < self._max_batch_events:
-                    if batch and (batch[0].effect or queue[0].effect):
-                        break
-                    pending = queue.popleft()
-                    if not pending.future.done():
-                        batch.append(pending)
-                        size += len(pending.events)
-                if not batch:
-                    continue
-                try:
-                    outcomes = await self._write_batch(tenant_id, batch)
-                except BaseException as e:
-                    for pending in batch:
-                        if not pending.future.done():
-                            pending.future.set_exception(_translate(e))
-                    if isinstance(e, asyncio.CancelledError):
-                        raise
-                    continue
-                for pending, outcome in zip(batch, outcomes, strict=True):
-                    if pending.future.done():
+            while queue or in_flight:
+                if queue and len(in_flight) < _PIPELINE_DEPTH:
+                    # With nothing in flight, send half the queue now and plan the rest
+                    # behind it while it commits.
+                    batch = self._take(queue, half=not in_flight)
+                    if not batch:
                         continue
-                    if isinstance(outcome, BaseException):
-                        pending.future.set_exception(outcome)
+                    try:
+                        flight = await self._launch(tenant_id, batch, in_flight)
+                    except Exception as e:  # e.g. the subject keys could not be read
+                        _fail(batch, e)
+                        continue
+                    if flight is not None:
+                        in_flight.append(flight)
                     else:
-                        pending.future.set_result(outcome)
+                        redo = await self._land_all(tenant_id, in_flight)
+                        await self._write_carefully(tenant_id, [*redo, batch])
+                    continue
+                if not queue and not in_flight[0].task.done():
+                    await self._next_event(tenant_id, in_flight[0].task)
+                    continue
+                redo = await self._land_next(tenant_id, in_flight)
+                if redo:
+                    redo += await self._land_all(tenant_id, in_flight)
+                    await self._write_carefully(tenant_id, redo)
+        except BaseException as e:
+            for flight in in_flight:
+                flight.task.cancel()
+                _fail(flight.batch, e)
+            raise
         finally:
             del self._drainers[tenant_id]
             if not queue:
                 self._queues.pop(tenant_id, None)
 
+    def _take(self, queue: deque[_Pending], *, half: bool = False) -> list[_Pending]:
+        """The next batch: commands in arrival order up to the batch size (or to half
+        the queue); a command with an effect alone."""
+        batch: list[_Pending] = []
+        size = 0
+        count = (len(queue) + 1) // 2 if half else len(queue)
+        while queue and size < self._max_batch_events and len(batch) < count:
+            if batch and (batch[0].effect or queue[0].effect):
+                break
+            pending = queue.popleft()
+            if not pending.future.done():
+                batch.append(pending)
+                size += len(pending.events)
+        return batch
+
+    async def _next_event(self, tenant_id: UUID, task: asyncio.Future[object]) -> None:
+        """Wait until the oldest call answers or another command is queued."""
+        wakeup = asyncio.get_running_loop().create_future()
+        self._wakeups[tenant_id] = wakeup
+        try:
+            await asyncio.wait((task, wakeup), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._wakeups.pop(tenant_id, None)
+
+    async def _settle(
+        self, batch: list[_Pending], outcomes: Awaitable[list[AppendResult | Exception]]
+    ) -> None:
+        try:
+            answered = await outcomes
+        except BaseException as e:
+            _fail(batch, e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return
+        for pending, outcome in zip(batch, answered, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+
+    async def _launch(
+        self, tenant_id: UUID, batch: list[_Pending], in_flight: deque[_Flight]
+    ) -> _Flight | None:
+        """Plan a batch and send it without waiting, or None: write it the careful way
+        (a command with an effect, an unknown head, a locally rejected command, or no
+        connection to spare while another batch of this tenant is in flight)."""
+        head = self._heads.get(tenant_id)
+        if batch[0].effect is not None or head is None or head.size < 0:
+            return None
+        if in_flight and self._pool.get_idle_size() == 0:
+            return None  # a second call would hold a connection other tenants need
+        _, live, duplicates = _screen(batch)
+        if duplicates or len(live) < len(batch):
+            return None
+        keys = await self._subject_keys(tenant_id, batch)
+        if in_flight:
+            head = in_flight[-1].plan.head_after(head)
+        plan = self._plan(tenant_id, head, batch, live, keys)
+        if plan.final_rejections or plan.local_rejections:
+            return None
+        flight = _Flight(batch, plan, head.size, head.chain, behind=bool(in_flight))
+        self._send(tenant_id, flight, "pipelined" if in_flight else "direct")
+        return flight
+
+    def _send(self, tenant_id: UUID, flight: _Flight, path: str) -> None:
+        flight.task = asyncio.ensure_future(
+            call_in_tenant(self._pool, tenant_id, "append_batch", *flight.plan.arguments)
+        )
+        APPEND_CALLS.labels(path).inc()
+
+    def _land(self, tenant_id: UUID, flight: _Flight, status: str) -> bool:
+        """Answer a flight's commands if it committed; False if it wrote nothing."""
+        if status != "ok":
+            return False
+        head = self._heads.get(tenant_id) or self._unknown_head(tenant_id)
+        head.commit(flight.plan)
+        self._heads[tenant_id] = head
+        self._announce(tenant_id, flight.plan)
+        for i, pending in enumerate(flight.batch):
+            if not pending.future.done():
+                pending.future.set_result(flight.plan.results[i])
+        return True
+
+    async def _land_next(self, tenant_id: UUID, in_flight: deque[_Flight]) -> list[list[_Pending]]:
+        """Land the oldest flight; return its batch if it wrote nothing."""
+        flight = in_flight.popleft()
+        try:
+            raw = await flight.task
+        except asyncio.CancelledError as e:
+            _fail(flight.batch, e)
+            raise
+        except Exception as e:
+            # It may have committed before the connection failed: forget the head
+            # (the next call fetches it) and let the callers retry their command ids.
+            self._heads.pop(tenant_id, None)
+            _fail(flight.batch, e)
+            return []
+        status = orjson.loads(str(raw))["status"]
+        if self._land(tenant_id, flight, status):
+            return []
+        head = self._heads.get(tenant_id)
+        if (
+            status == "stale"
+            and flight.behind
+            and head is not None
+            and (head.size, head.chain) == (flight.base_size, flight.base_chain)
+            and flight.resent < 2
+        ):
+            # Its call took the head lock before the batch ahead of it did, and that
+            # batch has committed since: the plan now fits the head exactly.
+            flight.resent += 1
+            self._send(tenant_id, flight, "resent")
+            in_flight.appendleft(flight)
+            return []
+        return [flight.batch]
+
+    async def _land_all(self, tenant_id: UUID, in_flight: deque[_Flight]) -> list[list[_Pending]]:
+        """Land every flight in order; return the batches that wrote nothing."""
+        redo = []
+        while in_flight:
+            redo += await self._land_next(tenant_id, in_flight)
+        return redo
+
+    async def _write_carefully(self, tenant_id: UUID, batches: list[list[_Pending]]) -> None:
+        for batch in batches:
+            await self._settle(batch, self._write_batch(tenant_id, batch))
+
     async def _write_batch(
         self, tenant_id: UUID, batch: list[_Pending]
     ) -> list[AppendResult | Exception]:
         """Write one batch in as few round trips as the head cache allows (usually one)."""
-        outcomes: list[AppendResult | Exception | None] = [None] * len(batch)
-        first_of: dict[UUID, int] = {}
-        duplicates: list[tuple[int, int]] = []
-        live: list[int] = []
-        for i, pending in enumerate(batch):
-            j = first_of.setdefault(pending.command_id, i)
-            if j == i:
-                live.append(i)
-            elif batch[j].fingerprint != pending.fingerprint:
-                outcomes[i] = CommandIdReusedError("command id was used for a different command")
-            else:
-                duplicates.append((i, j))
+        outcomes, live, duplicates = _screen(batch)
         keys = await self._subject_keys(tenant_id, [batch[i] for i in live])
         replays: list[tuple[int, int, int]] = []
 
+        effect = batch[0].effect
+        locked = False
         for _ in range(_MAX_ATTEMPTS):
             if not live:
                 break
-            head = self._heads.get(tenant_id) or self._unknown_head(tenant_id)
-            if head.size < 0:
-                plan = _Plan(frontier=Frontier(), chain=ZERO_HASH, ts=datetime.now(UTC))
-                plan.arguments = plan.to_arguments(head)
+            if locked:
+                attempt = await self._attempt_locked(tenant_id, batch, live, keys, outcomes)
+                if attempt is None:
+                    continue
+                head, plan, answer = attempt
             else:
-                plan = self._plan(tenant_id, head, batch, live, keys)
-            for i, error in plan.final_rejections.items():
-                outcomes[i] = error
-                live.remove(i)
-            if not plan.commands and head.size >= 0:
-                continue
-            effect = batch[0].effect
-            if effect is None:
-                raw = await call_in_tenant(self._pool, tenant_id, "append_batch", *plan.arguments)
-                answer = orjson.loads(str(raw))
-            else:
-                answer = await self._append_with_effect(tenant_id, plan, effect)
+                head = self._heads.get(tenant_id) or self._unknown_head(tenant_id)
+                if head.size < 0:
+                    plan = _Plan(frontier=Frontier(), chain=ZERO_HASH, ts=datetime.now(UTC))
+                    plan.arguments = plan.to_arguments(head)
+                else:
+                    plan = self._plan_live(tenant_id, head, batch, live, keys, outcomes)
+                if not plan.commands and head.size >= 0:
+                    continue
+                APPEND_CALLS.labels("careful").inc()
+                if effect is None:
+                    raw = await call_in_tenant(
+                        self._pool, tenant_id, "append_batch", *plan.arguments
+                    )
+                    answer = orjson.loads(str(raw))
+                else:
+                    answer = await self._append_with_effect(tenant_id, plan, effect)
             if answer["status"] == "ok":
                 head.commit(plan)
                 self._heads[tenant_id] = head
@@ -602,7 +801,12 @@ class EventStore:
                     outcomes[i] = error
                 break
             if answer["status"] == "stale":
+                # Another process appended since this one last looked. Planning again
+                # on the head in the answer can lose the race again and again to a
+                # process that keeps a call waiting on the lock, so the next attempt
+                # takes the lock first and plans under it.
                 self._heads[tenant_id] = head.reloaded(answer)
+                locked = head.size >= 0
                 continue
             for r in answer["replays"]:
                 i = plan.commands[r["command"]]
@@ -640,6 +844,64 @@ class EventStore:
             )
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
+
+    def _plan_live(
+        self,
+        tenant_id: UUID,
+        head: _HeadCache,
+        batch: list[_Pending],
+        live: list[int],
+        keys: Mapping[str, SubjectKey],
+        outcomes: list[AppendResult | Exception | None],
+    ) -> _Plan:
+        """``_plan``, with the commands it rejects for good taken out of ``live``."""
+        plan = self._plan(tenant_id, head, batch, live, keys)
+        for i, error in plan.final_rejections.items():
+            outcomes[i] = error
+            live.remove(i)
+        return plan
+
+    async def _attempt_locked(
+        self,
+        tenant_id: UUID,
+        batch: list[_Pending],
+        live: list[int],
+        keys: Mapping[str, SubjectKey],
+        outcomes: list[AppendResult | Exception | None],
+    ) -> tuple[_HeadCache, _Plan, dict[str, Any]] | None:
+        """One attempt holding the head row lock from before planning to commit, so no
+        other process can make the plan stale (None: every command was rejected)."""
+        effect = batch[0].effect
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            row = await conn.fetchrow(
+                "SELECT origin, size, chain_hash, frontier, last_ts FROM tenant_log "
+                "WHERE tenant_id = $1 FOR UPDATE",
+                tenant_id,
+            )
+            known = self._heads.get(tenant_id) or self._unknown_head(tenant_id)
+            head = _HeadCache(origin=known.origin, size=0, versions=known.versions)
+            if row is not None:
+                head = _HeadCache(
+                    origin=row["origin"],
+                    size=row["size"],
+                    chain=row["chain_hash"],
+                    frontier=Frontier.from_bytes(row["size"], row["frontier"]),
+                    last_ts=row["last_ts"],
+                    versions=known.versions,
+                )
+            self._heads[tenant_id] = head
+            plan = self._plan_live(tenant_id, head, batch, live, keys, outcomes)
+            if not plan.commands:
+                return None
+            APPEND_CALLS.labels("locked").inc()
+            params = ", ".join(f"${i}" for i in range(2, len(plan.arguments) + 2))
+            raw = await conn.fetchval(
+                f"SELECT append_batch($1::uuid, {params})", tenant_id, *plan.arguments
+            )
+            answer: dict[str, Any] = orjson.loads(str(raw))
+            if answer["status"] == "ok" and effect is not None:
+                await effect(conn)
+        return head, plan, answer
 
     async def _append_with_effect(
         self, tenant_id: UUID, plan: _Plan, effect: Effect
@@ -734,7 +996,7 @@ class EventStore:
                     if expected is not None and expected != versions[stream]:
                         conflict = ConcurrencyError(stream, expected, versions[stream])
                 elif expected is None:
-                    checks.append((stream, head.versions.get(stream, 0), True))
+                    checks.append((stream, head.version_of(stream), True))
                 else:
                     checks.append((stream, expected, False))
             if conflict is not None:
@@ -783,44 +1045,51 @@ class EventStore:
         """The leaves of one command, or :class:`EventRejectedError`; touches no state."""
         built = []
         local_versions: dict[str, int] = {}
-        actor = {"kind": pending.actor.kind, "id": pending.actor.id}
-        causation = str(pending.causation) if pending.causation else None
-        correlation = str(pending.correlation)
+        # Every string below but actor, log and data is made of characters JSON never
+        # escapes (validated stream/type names, UUIDs, base64, hex, the timestamp), and
+        # the keys are in RFC 8785 order, so these bytes are the leaf's canonical form;
+        # actor, log and data are encoded canonically on their own. A unit test checks
+        # each leaf against canonical.encode of itself.
+        actor = canonical.encode({"kind": pending.actor.kind, "id": pending.actor.id})
+        causation = b'"%s"' % str(pending.causation).encode() if pending.causation else b"null"
+        correlation = str(pending.correlation).encode()
+        log = canonical.encode(origin)
+        stamp = ts.encode()
+        salts = os.urandom(16 * len(pending.events))
         for offset, (event, event_id) in enumerate(
             zip(pending.events, pending.event_ids, strict=True)
         ):
             version = local_versions.get(event.stream, versions.get(event.stream, 0)) + 1
             local_versions[event.stream] = version
-            pii_refs: dict[str, str] = {}
+            pii_refs = b"{}"
             pii_rows: list[tuple[bytes, str, bytes]] = []
             if event.personal:
                 assert event.subject is not None
                 subject_key = keys[event.subject].key
+                refs = {}
                 for name, value in sorted(event.personal.items()):
                     aad = pii_aad(tenant_id, event.subject, name, event_id)
                     ciphertext = seal(subject_key, value.encode(), aad)
                     digest = hashlib.sha256(ciphertext).digest()
-                    pii_refs[name] = digest.hex()
+                    refs[name] = digest.hex()
                     pii_rows.append((digest, event.subject, ciphertext))
+                pii_refs = canonical.encode(refs)
             seq = size + offset + 1
-            leaf = orjson.dumps(
-                {
-                    "v": LEAF_FORMAT_VERSION,
-                    "log": origin,
-                    "seq": seq,
-                    "ts": ts,
-                    "id": str(event_id),
-                    "type": event.type,
-                    "stream": event.stream,
-                    "version": version,
-                    "actor": actor,
-                    "causation": causation,
-                    "correlation": correlation,
-                    "salt": base64.b64encode(secrets.token_bytes(16)).decode(),
-                    "data": orjson.Fragment(pending.data_json[offset]),
-                    "pii": pii_refs,
-                },
-                option=orjson.OPT_SORT_KEYS,
+            leaf = _LEAF % (
+                actor,
+                causation,
+                correlation,
+                pending.data_json[offset],
+                str(event_id).encode(),
+                log,
+                pii_refs,
+                binascii.b2a_base64(salts[16 * offset : 16 * offset + 16], newline=False),
+                seq,
+                event.stream.encode(),
+                stamp,
+                event.type.encode(),
+                LEAF_FORMAT_VERSION,
+                version,
             )
             if len(leaf) > canonical.MAX_LEAF_BYTES:
                 raise EventRejectedError(
@@ -995,6 +1264,32 @@ def _head_from_row(tenant_id: UUID, row: asyncpg.Record) -> LogHead:
         chain_hash=row["chain_hash"],
         frontier=Frontier.from_bytes(row["size"], row["frontier"]),
     )
+
+
+def _screen(
+    batch: list[_Pending],
+) -> tuple[list[AppendResult | Exception | None], list[int], list[tuple[int, int]]]:
+    """Outcomes so far, the commands to write, and (later, first) pairs of the same
+    command sent twice in one batch (they share the first one's outcome)."""
+    outcomes: list[AppendResult | Exception | None] = [None] * len(batch)
+    first_of: dict[UUID, int] = {}
+    duplicates: list[tuple[int, int]] = []
+    live: list[int] = []
+    for i, pending in enumerate(batch):
+        j = first_of.setdefault(pending.command_id, i)
+        if j == i:
+            live.append(i)
+        elif batch[j].fingerprint != pending.fingerprint:
+            outcomes[i] = CommandIdReusedError("command id was used for a different command")
+        else:
+            duplicates.append((i, j))
+    return outcomes, live, duplicates
+
+
+def _fail(batch: list[_Pending], error: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(_translate(error))
 
 
 def _translate(error: BaseException) -> BaseException:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from hashlib import sha256
 
 HASH_SIZE = 32
 MIN_STORED_LEVEL = 4
@@ -72,18 +73,20 @@ class Frontier:
     def copy(self) -> Frontier:
         return Frontier(self.size, self._hashes)
 
-    def append(self, leaf_hash_: bytes) -> list[Node]:
-        """Add one leaf; return the complete subtrees (level >= 1) this closes."""
+    def append(self, leaf_hash_: bytes, min_level: int = 1) -> list[Node]:
+        """Add one leaf; return the complete subtrees of ``min_level`` or more it closes."""
         closed: list[Node] = []
         h = leaf_hash_
         index = self.size
         level = 0
+        hashes = self._hashes
         while (self.size >> level) & 1:
-            h = node_hash(self._hashes.pop(), h)
+            h = sha256(b"\x01" + hashes.pop() + h).digest()
             level += 1
             index >>= 1
-            closed.append(Node(level, index, h))
-        self._hashes.append(h)
+            if level >= min_level:
+                closed.append(Node(level, index, h))
+        hashes.append(h)
         self.size += 1
         return closed
 

@@ -11,6 +11,15 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
+APPEND_CALLS: Final = Counter(
+    "strongroom_append_calls",
+    "Calls of append_batch by how they were sent: 'direct' (nothing of the tenant in "
+    "flight), 'pipelined' (planned behind a batch still committing), 'resent' (a pipelined "
+    "call that reached the head before the batch ahead of it), 'careful' (one at a "
+    "time: a command with an effect, an unknown head, or a retry after a rejected "
+    "call), 'locked' (a retry after a stale head, planned while holding the head lock).",
+    ["path"],
+)
 EVENTS_PUBLISHED: Final = Counter(
     "strongroom_events_published",
     "Events acknowledged by JetStream, by who published them (append or relay).",

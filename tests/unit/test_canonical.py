@@ -100,3 +100,32 @@ def test_every_float_is_refused(value: float) -> None:
 def test_every_integer_outside_the_safe_range_is_refused(value: int) -> None:
     with pytest.raises(CanonicalEncodingError, match="integer"):
         canonical.encode([value])
+
+
+anything = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.binary(max_size=4)
+    | st.uuids()
+    | st.just("\ud800"),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children)
+        | st.dictionaries(st.text(max_size=3) | st.integers(), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(anything)
+def test_the_fast_domain_check_agrees_with_the_walk_that_names_the_path(value: Any) -> None:
+    try:
+        canonical.check_value(value)
+    except CanonicalEncodingError:
+        in_domain = False
+    else:
+        in_domain = True
+    assert canonical._in_domain(value) is in_domain
