@@ -414,13 +414,9 @@ def _is_encodable(value: object, max_length: int) -> bool:
     return True
 
 
-def new_event_id() -> UUID:
-    """A UUIDv7 (RFC 9562): time-ordered, so the event id index grows at its right edge."""
-    return new_event_ids(1)[0]
-
-
 def new_event_ids(count: int) -> list[UUID]:
-    """``count`` UUIDv7s of this millisecond (one random read for all of them)."""
+    """``count`` UUIDv7s (RFC 9562) of this millisecond, from one random read: time-ordered,
+    so the event id index grows at its right edge."""
     stamp = (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | 0b10 << 62
     random = os.urandom(10 * count)
     ids = []
@@ -894,27 +890,14 @@ class EventStore:
             if not plan.commands:
                 return None
             APPEND_CALLS.labels("locked").inc()
-            params = ", ".join(f"${i}" for i in range(2, len(plan.arguments) + 2))
-            raw = await conn.fetchval(
-                f"SELECT append_batch($1::uuid, {params})", tenant_id, *plan.arguments
-            )
-            answer: dict[str, Any] = orjson.loads(str(raw))
-            if answer["status"] == "ok" and effect is not None:
-                await effect(conn)
+            answer = await _append_in(conn, tenant_id, plan, effect)
         return head, plan, answer
 
     async def _append_with_effect(
         self, tenant_id: UUID, plan: _Plan, effect: Effect
     ) -> dict[str, Any]:
-        params = ", ".join(f"${i}" for i in range(2, len(plan.arguments) + 2))
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            raw = await conn.fetchval(
-                f"SELECT append_batch($1::uuid, {params})", tenant_id, *plan.arguments
-            )
-            answer: dict[str, Any] = orjson.loads(str(raw))
-            if answer["status"] == "ok":
-                await effect(conn)
-        return answer
+            return await _append_in(conn, tenant_id, plan, effect)
 
     def _announce(self, tenant_id: UUID, plan: _Plan) -> None:
         if not self._listeners:
@@ -1264,6 +1247,21 @@ def _head_from_row(tenant_id: UUID, row: asyncpg.Record) -> LogHead:
         chain_hash=row["chain_hash"],
         frontier=Frontier.from_bytes(row["size"], row["frontier"]),
     )
+
+
+async def _append_in(
+    conn: asyncpg.Connection, tenant_id: UUID, plan: _Plan, effect: Effect | None
+) -> dict[str, Any]:
+    """Call ``append_batch`` inside the caller's tenant transaction; run ``effect``
+    there too if the batch was written."""
+    params = ", ".join(f"${i}" for i in range(2, len(plan.arguments) + 2))
+    raw = await conn.fetchval(
+        f"SELECT append_batch($1::uuid, {params})", tenant_id, *plan.arguments
+    )
+    answer: dict[str, Any] = orjson.loads(str(raw))
+    if answer["status"] == "ok" and effect is not None:
+        await effect(conn)
+    return answer
 
 
 def _screen(
