@@ -98,7 +98,8 @@ class ExternalAuditEvent:
 
     @property
     def occurred_at_text(self) -> str:
-        return self.occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        """``%Y-%m-%dT%H:%M:%S.%fZ`` (isoformat: a tenth of strftime's cost)."""
+        return self.occurred_at.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
     @property
     def subject_basis(self) -> str:
@@ -240,10 +241,36 @@ def _occurred_at(value: str, now: datetime, where: str) -> datetime:
 def _metadata(value: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
     if value is None:
         return {}
-    _check_value(value, f"{where}metadata", 1)
+    if not _fits(value, 1):
+        _check_value(value, f"{where}metadata", 1)  # raises, naming the value
     if len(_ENCODER.encode(value)) > MAX_METADATA_BYTES:
         raise IngestError(f"{where}metadata: over {MAX_METADATA_BYTES} bytes as JSON")
     return dict(value)
+
+
+def _fits(value: Any, depth: int) -> bool:
+    """Whether :func:`_check_value` would accept ``value``, without building the path
+    of every value on the way (that is only needed to name a bad one)."""
+    kind = type(value)
+    if kind is str:
+        return "\x00" not in value
+    if kind is dict:
+        if depth > MAX_METADATA_DEPTH:
+            return False
+        for key, item in value.items():
+            if not key.isascii() or "\x00" in key:
+                return False
+            if type(item) is str:
+                if "\x00" in item:
+                    return False
+            elif not _fits(item, depth + 1):
+                return False
+        return True
+    if kind is int:
+        return bool(-MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
+    if kind is list:
+        return depth <= MAX_METADATA_DEPTH and all(_fits(item, depth + 1) for item in value)
+    return value is None or kind is bool
 
 
 def _check_value(value: Any, path: str, depth: int) -> None:

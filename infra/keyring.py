@@ -38,6 +38,19 @@ def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
+class Sealer:
+    """:func:`seal` under one key, for many values: the cipher is set up once."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+
 def open_sealed(key: bytes, blob: bytes, aad: bytes) -> bytes:
     try:
         return AESGCM(key).decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
@@ -45,7 +58,7 @@ def open_sealed(key: bytes, blob: bytes, aad: bytes) -> bytes:
         raise DecryptionError("sealed value does not open in this place") from None
 
 
-def _aad(tenant_id: UUID, object_id: str, key_version: int) -> bytes:
+def _aad(tenant_id: UUID | str, object_id: str, key_version: int) -> bytes:
     return f"{tenant_id}|{object_id}|{key_version}".encode()
 
 
@@ -60,7 +73,9 @@ def wrapped_key_aad(tenant_id: UUID, key_id: str, tenant_key_version: int) -> by
     return _aad(tenant_id, key_id, tenant_key_version)
 
 
-def pii_aad(tenant_id: UUID, subject_id: str, field: str, event_id: UUID) -> bytes:
+def pii_aad(tenant_id: UUID | str, subject_id: str, field: str, event_id: UUID | str) -> bytes:
+    """AAD of a personal value: ids as UUIDs or as their ``str()`` (callers with the text
+    at hand, such as a leaf's ``id``, skip formatting it again)."""
     return _aad(tenant_id, f"pii:{subject_id}:{event_id}:{field}", 1)
 
 

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final
 from uuid import UUID
 
 import asyncpg
@@ -47,7 +47,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from infra import metrics
 from infra.broker import STREAM_NAME, SUBJECT_PREFIX, Broker
 from infra.db import tenant_transaction
-from infra.eventstore import ERASED, LEAF_FORMAT_VERSION, EventStore, RecordedEvent
+from infra.eventstore import ERASED, EventStore, RecordedEvent
 from projections.base import Event, Projection
 
 log = logging.getLogger(__name__)
@@ -120,19 +120,21 @@ async def projection_events(
 ) -> list[Event]:
     """``event_log`` rows (seq, leaf, leaf_hash, chain_hash) as projection events.
 
-    A leaf of the current format without personal fields is read here, only for what an
-    :class:`Event` holds (no event id, correlation or hashes to parse); the others go
-    through ``store.decode``, which decrypts personal fields. Both give the same Event.
+    Each leaf is parsed once, for what an :class:`Event` holds (no event id, correlation
+    or hashes); the personal fields of those that have some are opened together by
+    ``store.open_personal``. The same Event as ``to_projection_event`` of ``store.decode``.
     """
-    events: list[Event | None] = []
-    sealed: list[asyncpg.Record] = []
-    for row in rows:
-        leaf = orjson.loads(row["leaf"])
-        if leaf["pii"] or leaf["v"] != LEAF_FORMAT_VERSION:
-            sealed.append(row)
-            events.append(None)
-            continue
+    leaves = [orjson.loads(row["leaf"]) for row in rows]
+    sealed = [(row["seq"], leaf) for row, leaf in zip(rows, leaves, strict=True) if leaf["pii"]]
+    opened = iter(await store.open_personal(conn, tenant_id, sealed))
+    events = []
+    for row, leaf in zip(rows, leaves, strict=True):
         actor = leaf["actor"]
+        personal = (
+            {k: None if v is ERASED else str(v) for k, v in next(opened).items()}
+            if leaf["pii"]
+            else {}
+        )
         events.append(
             Event(
                 tenant_id,
@@ -144,13 +146,10 @@ async def projection_events(
                 actor["kind"],
                 actor["id"],
                 leaf["data"],
-                {},
+                personal,
             )
         )
-    if not sealed:
-        return cast(list[Event], events)
-    decoded = iter(await store.decode(conn, tenant_id, sealed))
-    return [to_projection_event(tenant_id, next(decoded)) if e is None else e for e in events]
+    return events
 
 
 class Applier:

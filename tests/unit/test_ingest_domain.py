@@ -7,14 +7,19 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from domain.errors import InvalidError
 from domain.ingest import (
     FLOAT_MESSAGE,
     MAX_BATCH,
     MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
     IngestError,
     MalformedBodyError,
+    _check_value,
+    _fits,
     parse_batch,
     parse_event,
 )
@@ -163,3 +168,44 @@ def test_a_near_future_clock_skew_is_measured_against_the_given_now() -> None:
     assert parse_event(body, now=later).occurred_at == later
     with pytest.raises(IngestError):
         parse_event(body, now=NOW)
+
+
+metadata_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**60), 2**60)
+    | st.floats(allow_nan=False)
+    | st.text(alphabet=st.characters(codec="utf-8"), max_size=4),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.text(alphabet=st.characters(codec="utf-8"), max_size=3), children, max_size=3
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400)
+@given(value=st.dictionaries(st.text(max_size=3), metadata_values, max_size=3))
+def test_the_fast_metadata_check_agrees_with_the_one_that_names_the_value(value: Any) -> None:
+    """Metadata is checked without building paths; a failure is named by _check_value."""
+    try:
+        _check_value(value, "metadata", 1)
+        accepted = True
+    except IngestError:
+        accepted = False
+    assert _fits(value, 1) is accepted
+
+
+def test_metadata_nested_too_deep_is_refused_with_its_path() -> None:
+    deep: Any = 1
+    for _ in range(MAX_METADATA_DEPTH):
+        deep = [deep]
+    assert refused(event(metadata={"a": deep})).startswith("metadata.a")
+
+
+def test_the_time_of_an_event_reads_back_as_strftime_would_write_it() -> None:
+    checked = one(occurred_at="2026-11-24T09:30:00+02:00")
+    assert checked.occurred_at_text == "2026-11-24T07:30:00.000000Z"
+    assert checked.occurred_at_text == checked.occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

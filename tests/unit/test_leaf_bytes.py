@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -16,7 +17,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infra.eventstore import Actor, EventStore, NewEvent, _HeadCache
+from infra.eventstore import Actor, EventStore, NewEvent, _HeadCache, format_ts
 from infra.keyring import Keyring, SubjectKey
 
 texts = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1)
@@ -72,3 +73,16 @@ async def test_every_leaf_is_its_own_rfc8785_encoding(
         assert parsed["actor"] == {"kind": kind, "id": actor_id}
         assert parsed["log"].startswith(log_host + "/t/")
         assert parsed["causation"] == (str(causation) if causation else None)
+
+
+@settings(max_examples=300)
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1000, 1, 1),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.timezones() | st.just(UTC),
+    )
+)
+def test_timestamps_are_written_as_strftime_would(moment: datetime) -> None:
+    """format_ts (the leaf's ``ts``) formats with isoformat, for speed; same text."""
+    assert format_ts(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
