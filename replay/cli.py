@@ -39,7 +39,7 @@ from infra.local import (
 from infra.migrate import migrate
 from infra.notary import load_or_create_dev_notary_key
 from infra.readmodels import ensure_projections
-from infra.runtime import Endpoints, Runtime, Workers, strongroom_version
+from infra.runtime import Endpoints, Runtime, Workers, strongroom_version, tune_collector
 from infra.services import create_platform_token
 from infra.settings import Settings
 from infra.verify import VerifyReport, verify_tenant
@@ -368,4 +368,5 @@ cli.add_command(evidence.export_group)
 
 
 def main() -> None:
+    tune_collector()
     cli()

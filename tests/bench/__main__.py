@@ -16,6 +16,7 @@ import dataclasses
 import sys
 from importlib.metadata import version
 
+from infra.runtime import tune_collector
 from tests.bench import (
     bench_append,
     bench_evidence,
@@ -107,4 +108,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    tune_collector()  # as the `strongroom` entry point does: the rows run its code paths
     sys.exit(main(sys.argv[1:]))

@@ -86,6 +86,7 @@ from infra.db import create_pool
 from infra.eventstore import EventStore
 from infra.keyring import Keyring
 from infra.projector import ProjectionRunner
+from infra.runtime import tune_collector
 from infra.services import create_platform_token
 from projections.members import MembersProjection
 from tests.bench._harness import AsyncOp, Measurement, Window, run_async
@@ -880,4 +881,5 @@ def settings() -> dict[str, object]:
 
 
 if __name__ == "__main__":
+    tune_collector()  # as the `strongroom` entry point does: the rows run its code paths
     sys.exit(main(sys.argv[1:]))
