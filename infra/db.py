@@ -7,6 +7,7 @@ pooled connection never carries one tenant's context into the next transaction.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from uuid import UUID
@@ -59,12 +60,32 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 16) -> asy
 async def tenant_transaction(
     pool: asyncpg.Pool, tenant_id: UUID, *, readonly: bool = False
 ) -> AsyncIterator[asyncpg.Connection]:
-    """A transaction in which row-level security shows exactly ``tenant_id``'s rows."""
+    """A transaction in which row-level security shows exactly ``tenant_id``'s rows.
+
+    BEGIN and the tenant setting go in one round trip: two statements of one simple
+    query. It takes no parameters, so the tenant is written into it, as a UUID rebuilt
+    from its integer (nothing else can get in). asyncpg refuses ``conn.transaction()``
+    inside a transaction it did not start, so nothing can commit this one early.
+    """
     if not isinstance(tenant_id, UUID):
         raise TypeError("tenant_id must be a UUID")
-    async with pool.acquire() as conn, conn.transaction(readonly=readonly):
-        await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
-        yield conn
+    # From the integer: canonical hex and hyphens, whatever subclass came in (asyncpg's).
+    begin = (_BEGIN_READ_ONLY if readonly else _BEGIN) % UUID(int=tenant_id.int)
+    async with pool.acquire() as conn:
+        await conn.execute(begin)
+        try:
+            yield conn
+        except BaseException:
+            if not conn.is_closed():
+                # Failing here (a broken connection) leaves the rollback to the pool.
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+
+
+_BEGIN = "BEGIN; SELECT set_config('app.tenant_id', '%s', true)"
+_BEGIN_READ_ONLY = "BEGIN READ ONLY; SELECT set_config('app.tenant_id', '%s', true)"
 
 
 async def set_tenant(conn: asyncpg.Connection, tenant_id: UUID) -> None:

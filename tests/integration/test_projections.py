@@ -845,14 +845,13 @@ ISOLATED_TABLES = (
 
 async def attempt(conn: asyncpg.Connection, sql: str, tenant: UUID) -> str:
     """Run ``sql`` in a savepoint that is rolled back; its status, or "denied"."""
-    savepoint = conn.transaction()
-    await savepoint.start()
+    await conn.execute("SAVEPOINT attempt")  # tenant_transaction: no conn.transaction()
     try:
         return str(await conn.execute(sql, tenant))
     except asyncpg.InsufficientPrivilegeError:
         return "denied"
     finally:
-        await savepoint.rollback()
+        await conn.execute("ROLLBACK TO SAVEPOINT attempt")
 
 
 async def rows_of(pool: asyncpg.Pool, table: str, tenant: UUID) -> list[dict[str, Any]]:

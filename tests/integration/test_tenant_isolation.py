@@ -578,6 +578,56 @@ async def test_the_tenant_setting_does_not_outlive_its_transaction(
         assert await conn.fetchval("SELECT count(*) FROM tenant_log") == 0
 
 
+class _ForgedUuid(UUID):
+    """A UUID whose text is SQL: tenant_transaction must not trust str()."""
+
+    def __str__(self) -> str:
+        return "x', true); SELECT set_config('app.tenant_id', 'y"
+
+
+async def test_a_tenant_transaction_sets_the_canonical_tenant_whatever_uuid_comes_in(
+    pool: asyncpg.Pool, tenants: Tenants
+) -> None:
+    forged = _ForgedUuid(int=tenants.a.int)
+    async with tenant_transaction(pool, forged, readonly=True) as conn:
+        assert await conn.fetchval("SELECT current_setting('app.tenant_id')") == str(
+            UUID(int=tenants.a.int)
+        )
+        assert await conn.fetchval("SELECT count(*) FROM tenant_log") == 1
+    with pytest.raises(TypeError):
+        async with tenant_transaction(pool, str(tenants.a)):  # type: ignore[arg-type]
+            pass
+
+
+async def test_a_tenant_transaction_commits_on_success_and_rolls_back_on_error(
+    pool: asyncpg.Pool, superuser: asyncpg.Connection, tenants: Tenants
+) -> None:
+    read = "SELECT published_seq FROM relay_cursor WHERE tenant_id = $1"
+    write = (
+        "INSERT INTO relay_cursor (tenant_id, published_seq) VALUES ($1, $2) "
+        "ON CONFLICT (tenant_id) DO UPDATE SET published_seq = $2"
+    )
+    before = await superuser.fetchval(read, tenants.a)
+    with pytest.raises(RuntimeError, match="after the write"):
+        async with tenant_transaction(pool, tenants.a) as conn:
+            await conn.execute(write, tenants.a, 987_654)
+            raise RuntimeError("after the write")
+    assert await superuser.fetchval(read, tenants.a) == before
+    async with tenant_transaction(pool, tenants.a) as conn:
+        await conn.execute(write, tenants.a, 987_654)
+    assert await superuser.fetchval(read, tenants.a) == 987_654
+    if before is None:  # as it was, for the other tests
+        await superuser.execute("DELETE FROM relay_cursor WHERE tenant_id = $1", tenants.a)
+    else:
+        await superuser.execute(write, tenants.a, before)
+    async with pool.acquire() as conn:  # the pool got its connection back, idle
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SELECT current_setting('app.tenant_id', true)") in (None, "")
+    with pytest.raises(asyncpg.InterfaceError, match="manually started transaction"):
+        async with tenant_transaction(pool, tenants.a) as conn, conn.transaction():
+            pass  # nothing inside may commit the tenant transaction early
+
+
 async def tenant_functions(conn: asyncpg.Connection) -> list[tuple[str, int]]:
     """Functions the app role may call whose first argument is a tenant id."""
     rows = await conn.fetch(
