@@ -118,7 +118,7 @@ def to_projection_event(tenant_id: UUID, recorded: RecordedEvent) -> Event:
 async def projection_events(
     store: EventStore, conn: asyncpg.Connection, tenant_id: UUID, rows: Sequence[asyncpg.Record]
 ) -> list[Event]:
-    """``event_log`` rows (seq, leaf, leaf_hash, chain_hash) as projection events.
+    """``event_log`` rows (seq, leaf) as projection events.
 
     Each leaf is parsed once, for what an :class:`Event` holds (no event id, correlation
     or hashes); the personal fields of those that have some are opened together by
@@ -175,10 +175,9 @@ class Applier:
                 SELECT last_seq, parked_seq, set_config('search_path', $5, true)
                 FROM {position} WHERE tenant_id = $1 FOR UPDATE
             )
-            SELECT pos.last_seq, pos.parked_seq, e.seq, e.event_type, e.recorded_at,
-                e.leaf, e.leaf_hash, e.chain_hash
+            SELECT pos.last_seq, pos.parked_seq, e.seq, e.event_type, e.recorded_at, e.leaf
             FROM pos LEFT JOIN LATERAL (
-                SELECT l.seq, l.event_type, l.recorded_at, l.leaf_hash, l.chain_hash,
+                SELECT l.seq, l.event_type, l.recorded_at,
                     CASE WHEN l.event_type = ANY($4::text[]) THEN l.leaf END AS leaf
                 FROM public.event_log l
                 WHERE l.tenant_id = $1 AND pos.parked_seq IS NULL AND l.seq > pos.last_seq
