@@ -6,18 +6,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.enums import ParamType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import (
+    OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
+    Operation,
+    Parameter,
     Reference,
     Schema,
     SecurityScheme,
 )
 
-from api.access import PUBLIC, Access, AccessMiddleware
+from api.access import COMMAND_METHODS, PUBLIC, Access, AccessMiddleware
 from api.access_requests import AccessPolicyController, AccessRequestController, GrantController
 from api.apikeys import ApiKeyController
 from api.audit_events import AuditEventController
@@ -29,6 +33,7 @@ from api.ledger import LedgerController
 from api.members import InviteController, MemberController
 from api.metrics import MetricsController
 from api.middleware import add_security_headers
+from api.positions import MIN_POSITION, POSITION, WAIT_SECONDS
 from api.problems import EXCEPTION_HANDLERS, PROBLEM_JSON
 from api.schemas import Request as RequestBody
 from api.tenants import TenantController
@@ -138,8 +143,23 @@ def _document_conventions(app: Litestar) -> None:
             schemas[struct.__name__].additional_properties = False
     assert "Problem" in schemas, "registered by GET /health/ready's 503"
     problem = {PROBLEM_JSON: OpenAPIMediaType(schema=Reference("#/components/schemas/Problem"))}
+    reads_model = {
+        str(handler.operation_id)
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", ())
+        if handler.operation_id and _calls(handler.fn, _READ_MODEL_FUNCTIONS)
+    }
     for item in (document.paths or {}).values():
-        for operation in filter(None, (item.get, item.put, item.post, item.delete, item.patch)):
+        methods = (
+            ("GET", item.get),
+            ("PUT", item.put),
+            ("POST", item.post),
+            ("DELETE", item.delete),
+            ("PATCH", item.patch),
+        )
+        for method, operation in methods:
+            if operation is None:
+                continue
             responses = operation.responses = operation.responses or {}
             for status, response in responses.items():
                 alternatives = media_types.get(operation.operation_id or "")
@@ -156,3 +176,59 @@ def _document_conventions(app: Litestar) -> None:
                 operation.security = (
                     [] if access.public else [{"platform" if access.platform else "bearer": []}]
                 )
+            _document_headers(
+                operation,
+                command=access is not None and not access.public and method in COMMAND_METHODS,
+                reads_model=operation.operation_id in reads_model,
+            )
+
+
+_READ_MODEL_FUNCTIONS = frozenset({"read_model", "wait_for_min_position"})
+
+
+def _calls(handler: object, names: frozenset[str]) -> bool:
+    """Whether a handler's own code names one of ``names`` (api/positions.py's entry
+    points that honour ``Strongroom-Min-Position``)."""
+    function = getattr(handler, "value", handler)  # litestar may wrap it in a Ref
+    code = getattr(getattr(function, "__func__", function), "__code__", None)
+    return code is not None and not names.isdisjoint(code.co_names)
+
+
+_IDEMPOTENCY_KEY = Parameter(
+    name="Idempotency-Key",
+    param_in=ParamType.HEADER,
+    required=False,
+    description="1 to 255 printable characters: the same key and request again returns "
+    "the first response byte for byte (with `Idempotent-Replayed: true`); the same key "
+    "with another request is 422, while the first still runs 409; kept 24 h",
+    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=255),
+)
+_MIN_POSITION = Parameter(
+    name=MIN_POSITION,
+    param_in=ParamType.HEADER,
+    required=False,
+    description=f"read your writes: wait up to {WAIT_SECONDS:g} s until the read model has "
+    f"reached this tenant log position (a command's `{POSITION}`), else 503",
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+)
+_POSITION = OpenAPIHeader(
+    description="the tenant log position this command's events reached; send it as "
+    f"`{MIN_POSITION}` to read them back (0, or no header, when it appended nothing)",
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+)
+
+
+def _document_headers(operation: Operation, *, command: bool, reads_model: bool) -> None:
+    """The headers the middleware and handlers read or write that no signature shows:
+    ``Idempotency-Key`` and ``Strongroom-Position`` on every command a principal sends,
+    ``Strongroom-Min-Position`` on every query of a read model."""
+    added: list[Parameter | Reference] = []
+    if command:
+        added.append(_IDEMPOTENCY_KEY)
+        for status, response in (operation.responses or {}).items():
+            if isinstance(response, OpenAPIResponse) and status.startswith("2"):
+                response.headers = {**(response.headers or {}), POSITION: _POSITION}
+    if reads_model:
+        added.append(_MIN_POSITION)
+    if added:
+        operation.parameters = [*(operation.parameters or []), *added]

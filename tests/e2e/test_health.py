@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from api.middleware import SECURITY_HEADERS
+from api.positions import MIN_POSITION
 from infra.runtime import Endpoints, Runtime
 from infra.settings import Settings
 from tests.conftest import LOG_HOST, Database
@@ -93,3 +95,34 @@ async def test_openapi_schema_is_served(client: AsyncTestClient) -> None:  # typ
         op["operationId"] for path in response.json()["paths"].values() for op in path.values()
     }
     assert {"getLiveness", "getReadiness"} <= operations
+
+
+def _parameters(operation: dict[str, Any]) -> set[str]:
+    return {p["name"] for p in operation.get("parameters", [])}
+
+
+async def test_the_document_declares_the_headers_no_signature_shows(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    """Idempotency-Key and Strongroom-Position on every command a principal sends,
+    Strongroom-Min-Position on every read-model query, and none where they do nothing."""
+    document = (await client.get("/schema/openapi.json")).json()
+    operations = {
+        op["operationId"]: (method.upper(), op)
+        for item in document["paths"].values()
+        for method, op in item.items()
+        if isinstance(op, dict) and "operationId" in op
+    }
+    for name, (method, op) in operations.items():
+        public = op.get("security") == []
+        command = method in {"POST", "PUT", "PATCH", "DELETE"} and not public
+        assert ("Idempotency-Key" in _parameters(op)) is command, name
+        success = [r for status, r in op["responses"].items() if status.startswith("2")]
+        assert all(("Strongroom-Position" in r.get("headers", {})) is command for r in success)
+    readers = {name for name, (_, op) in operations.items() if MIN_POSITION in _parameters(op)}
+    assert {"getMember", "listMembers", "listAuditEvents", "getGrant"} <= readers
+    assert all(operations[name][0] == "GET" for name in readers)
+    assert not {"getLiveness", "getEventLeaf", "getCheckpoint", "listApiKeys"} & readers
+    assert operations["createTenant"][1]["security"] == [{"platform": []}]
+    assert operations["login"][1]["security"] == []
+    assert "Idempotency-Key" not in _parameters(operations["login"][1])  # public: ignored
