@@ -181,6 +181,12 @@ def _document_conventions(app: Litestar) -> None:
                 command=access is not None and not access.public and method in COMMAND_METHODS,
                 reads_model=operation.operation_id in reads_model,
             )
+            if access is not None and access.rate_limited:
+                responses["429"] = OpenAPIResponse(
+                    "too many requests: wait Retry-After seconds (RFC 9457 problem)",
+                    content=problem,
+                    headers=_RATE_LIMITED,
+                )
 
 
 _READ_MODEL_FUNCTIONS = frozenset({"read_model", "wait_for_min_position"})
@@ -216,6 +222,23 @@ _POSITION = OpenAPIHeader(
     f"`{MIN_POSITION}` to read them back (0, or no header, when it appended nothing)",
     schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
 )
+
+
+_RATE_LIMITED: dict[str, OpenAPIHeader | Reference] = {
+    "Retry-After": OpenAPIHeader(
+        description="seconds until a request would pass",
+        schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+    ),
+    "RateLimit-Policy": OpenAPIHeader(
+        description='the limit that refused it, e.g. `"principal";q=6000;w=60` (quota per window '
+        "in seconds; a tenth of it may come at once)",
+        schema=Schema(type=OpenAPIType.STRING),
+    ),
+    "RateLimit": OpenAPIHeader(
+        description='what is left of it, e.g. `"principal";r=0;t=1`',
+        schema=Schema(type=OpenAPIType.STRING),
+    ),
+}
 
 
 def _document_headers(operation: Operation, *, command: bool, reads_model: bool) -> None:

@@ -126,3 +126,21 @@ async def test_the_document_declares_the_headers_no_signature_shows(
     assert operations["createTenant"][1]["security"] == [{"platform": []}]
     assert operations["login"][1]["security"] == []
     assert "Idempotency-Key" not in _parameters(operations["login"][1])  # public: ignored
+
+
+async def test_the_document_says_how_a_rate_limited_request_is_answered(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    by_id = {
+        op["operationId"]: op
+        for item in document["paths"].values()
+        for op in item.values()
+        if isinstance(op, dict) and "operationId" in op
+    }
+    for name in ("login", "getMember", "createTenant", "recordAuditEvents"):
+        refused = by_id[name]["responses"]["429"]
+        assert set(refused["headers"]) == {"Retry-After", "RateLimit-Policy", "RateLimit"}, name
+        assert "application/problem+json" in refused["content"], name
+    for probe in ("getLiveness", "getReadiness", "getMetrics"):  # never rate limited
+        assert "429" not in by_id[probe]["responses"], probe
