@@ -45,6 +45,11 @@ from infra.metrics import APPEND_CALLS
 
 log = logging.getLogger(__name__)
 
+_CALLS: Final = {
+    path: APPEND_CALLS.labels(path)
+    for path in ("direct", "pipelined", "resent", "careful", "locked")
+}
+"""The append_batch call counters, by path (labels() costs microseconds per call)."""
 LEAF_FORMAT_VERSION: Final = 1
 ACTOR_KINDS: Final = frozenset({"user", "api_key", "system", "operator", "platform"})
 MAX_EVENTS_PER_COMMAND: Final = 1000
@@ -701,7 +706,7 @@ class EventStore:
         flight.task = asyncio.ensure_future(
             call_in_tenant(self._pool, tenant_id, "append_batch", *flight.plan.arguments)
         )
-        APPEND_CALLS.labels(path).inc()
+        _CALLS[path].inc()
 
     def _land(self, tenant_id: UUID, flight: _Flight, status: str) -> bool:
         """Answer a flight's commands if it committed; False if it wrote nothing."""
@@ -787,7 +792,7 @@ class EventStore:
                     plan = self._plan_live(tenant_id, head, batch, live, keys, outcomes)
                 if not plan.commands and head.size >= 0:
                     continue
-                APPEND_CALLS.labels("careful").inc()
+                _CALLS["careful"].inc()
                 if effect is None:
                     raw = await call_in_tenant(
                         self._pool, tenant_id, "append_batch", *plan.arguments
@@ -897,7 +902,7 @@ class EventStore:
             plan = self._plan_live(tenant_id, head, batch, live, keys, outcomes)
             if not plan.commands:
                 return None
-            APPEND_CALLS.labels("locked").inc()
+            _CALLS["locked"].inc()
             answer = await _append_in(conn, tenant_id, plan, effect)
         return head, plan, answer
 
