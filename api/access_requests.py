@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from litestar import Controller, Request, Response, get, post, put
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from api.access import principal_of, requires
 from api.positions import positioned, read_model
@@ -57,7 +57,8 @@ from projections.access import (
 )
 
 _PROJECTION = AccessProjection.name
-Limit = Annotated[int, Parameter(ge=1, le=500)]
+Limit = Annotated[int, QueryParameter(ge=1, le=500)]
+Resource = Annotated[str, QueryParameter(min_length=1, max_length=500)]
 RequestStatusName = Literal["pending", "rejected", "withdrawn", "executed"]
 
 
@@ -195,7 +196,7 @@ class AccessPolicyController(Controller):
         status_code=200,
     )
     async def set_policy(
-        self, request: Request[Any, Any, Any], data: AccessPolicyBody
+        self, request: Request[Any, Any, Any], data: JSONBody[AccessPolicyBody]
     ) -> Response[AccessPolicyView]:
         runtime, principal = _context(request)
         policy = policy_from_fields(
@@ -243,7 +244,7 @@ class AccessRequestController(Controller):
         opt=requires(Permission.REQUESTS_SUBMIT),
     )
     async def submit(
-        self, request: Request[Any, Any, Any], data: AccessRequestSubmit
+        self, request: Request[Any, Any, Any], data: JSONBody[AccessRequestSubmit]
     ) -> Response[AccessRequestView]:
         runtime, principal = _context(request)
         written = await runtime.access.submit(principal, **_content(data))
@@ -258,10 +259,10 @@ class AccessRequestController(Controller):
     async def list_all(
         self,
         request: Request[Any, Any, Any],
-        requester_id: UUID | None = None,
-        status: RequestStatusName | None = None,
-        connector_id: UUID | None = None,
-        after: UUID | None = None,
+        requester_id: FromQuery[UUID | None] = None,
+        status: FromQuery[RequestStatusName | None] = None,
+        connector_id: FromQuery[UUID | None] = None,
+        after: FromQuery[UUID | None] = None,
         limit: Limit = 100,
     ) -> AccessRequestPage:
         rows = await read_model(
@@ -288,8 +289,8 @@ class AccessRequestController(Controller):
     async def mine(
         self,
         request: Request[Any, Any, Any],
-        status: RequestStatusName | None = None,
-        after: UUID | None = None,
+        status: FromQuery[RequestStatusName | None] = None,
+        after: FromQuery[UUID | None] = None,
         limit: Limit = 100,
     ) -> AccessRequestPage:
         rows = await read_model(
@@ -314,7 +315,10 @@ class AccessRequestController(Controller):
         opt=requires(Permission.REQUESTS_APPROVE),
     )
     async def waiting(
-        self, request: Request[Any, Any, Any], after: UUID | None = None, limit: Limit = 100
+        self,
+        request: Request[Any, Any, Any],
+        after: FromQuery[UUID | None] = None,
+        limit: Limit = 100,
     ) -> AccessRequestPage:
         now = request.app.state.runtime.identity.ctx.now()
         rows = await read_model(
@@ -333,7 +337,9 @@ class AccessRequestController(Controller):
         "checked against the published key",
         opt=requires(Permission.REQUESTS_READ),
     )
-    async def get(self, request: Request[Any, Any, Any], request_id: UUID) -> AccessRequestHistory:
+    async def get(
+        self, request: Request[Any, Any, Any], request_id: FromPath[UUID]
+    ) -> AccessRequestHistory:
         runtime, principal = _context(request)
         found = await read_model(
             request,
@@ -359,7 +365,10 @@ class AccessRequestController(Controller):
         status_code=200,
     )
     async def edit(
-        self, request: Request[Any, Any, Any], request_id: UUID, data: AccessRequestSubmit
+        self,
+        request: Request[Any, Any, Any],
+        request_id: FromPath[UUID],
+        data: JSONBody[AccessRequestSubmit],
     ) -> Response[AccessRequestView]:
         runtime, principal = _context(request)
         written = await runtime.access.edit(principal, request_id, **_content(data))
@@ -372,7 +381,9 @@ class AccessRequestController(Controller):
         opt=requires(Permission.REQUESTS_SUBMIT),
         status_code=204,
     )
-    async def withdraw(self, request: Request[Any, Any, Any], request_id: UUID) -> Response[None]:
+    async def withdraw(
+        self, request: Request[Any, Any, Any], request_id: FromPath[UUID]
+    ) -> Response[None]:
         runtime, principal = _context(request)
         written = await runtime.access.withdraw(principal, request_id)
         return positioned(None, written.position, 204)
@@ -385,7 +396,10 @@ class AccessRequestController(Controller):
         opt=requires(Permission.REQUESTS_APPROVE, session_only=True),
     )
     async def decide(
-        self, request: Request[Any, Any, Any], request_id: UUID, data: DecisionBody
+        self,
+        request: Request[Any, Any, Any],
+        request_id: FromPath[UUID],
+        data: JSONBody[DecisionBody],
     ) -> Response[DecisionView]:
         runtime, principal = _context(request)
         decided = await runtime.access.decide(principal, request_id, Decision(data.decision))
@@ -408,7 +422,7 @@ class AccessRequestController(Controller):
         opt=requires(Permission.REQUESTS_SUBMIT),
     )
     async def execute(
-        self, request: Request[Any, Any, Any], request_id: UUID
+        self, request: Request[Any, Any, Any], request_id: FromPath[UUID]
     ) -> Response[GrantView]:
         runtime, principal = _context(request)
         written = await runtime.access.execute(principal, request_id)
@@ -435,11 +449,11 @@ class GrantController(Controller):
     async def list_all(
         self,
         request: Request[Any, Any, Any],
-        member_id: UUID | None = None,
-        resource: Annotated[str, Parameter(min_length=1, max_length=500)] | None = None,
-        connector_id: UUID | None = None,
-        active: bool = False,
-        after: UUID | None = None,
+        member_id: FromQuery[UUID | None] = None,
+        resource: FromQuery[Resource | None] = None,
+        connector_id: FromQuery[UUID | None] = None,
+        active: FromQuery[bool] = False,
+        after: FromQuery[UUID | None] = None,
         limit: Limit = 100,
     ) -> GrantPage:
         now = request.app.state.runtime.identity.ctx.now() if active else None
@@ -468,7 +482,7 @@ class GrantController(Controller):
         summary="One grant",
         opt=requires(Permission.REQUESTS_READ),
     )
-    async def get(self, request: Request[Any, Any, Any], grant_id: UUID) -> GrantView:
+    async def get(self, request: Request[Any, Any, Any], grant_id: FromPath[UUID]) -> GrantView:
         row = await read_model(
             request,
             _PROJECTION,
@@ -486,7 +500,10 @@ class GrantController(Controller):
         status_code=204,
     )
     async def revoke(
-        self, request: Request[Any, Any, Any], grant_id: UUID, data: GrantRevoke | None = None
+        self,
+        request: Request[Any, Any, Any],
+        grant_id: FromPath[UUID],
+        data: JSONBody[GrantRevoke | None] = None,
     ) -> Response[None]:
         runtime, principal = _context(request)
         written = await runtime.access.revoke(principal, grant_id, data.reason if data else None)

@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from api.access import principal_of, requires
 from api.positions import positioned
@@ -38,7 +39,7 @@ class ApiKeyController(Controller):
         opt=requires(Permission.APIKEYS_ISSUE),
     )
     async def list_keys(
-        self, request: Request[Any, Any, Any], all: bool = False
+        self, request: Request[Any, Any, Any], all: FromQuery[bool] = False
     ) -> list[ApiKeyView]:
         runtime: Runtime = request.app.state.runtime
         principal = principal_of(request.scope)
@@ -54,7 +55,7 @@ class ApiKeyController(Controller):
         opt=requires(Permission.APIKEYS_ISSUE, step_up=True),
     )
     async def issue(
-        self, request: Request[Any, Any, Any], data: ApiKeyCreate
+        self, request: Request[Any, Any, Any], data: JSONBody[ApiKeyCreate]
     ) -> Response[ApiKeyIssued]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.identity.api_keys.create(
@@ -73,7 +74,7 @@ class ApiKeyController(Controller):
         opt=requires(Permission.APIKEYS_ISSUE, step_up=True),
     )
     async def rotate(
-        self, request: Request[Any, Any, Any], key_id: UUID, data: ApiKeyRotate
+        self, request: Request[Any, Any, Any], key_id: FromPath[UUID], data: JSONBody[ApiKeyRotate]
     ) -> Response[ApiKeyIssued]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.identity.api_keys.rotate(
@@ -89,7 +90,9 @@ class ApiKeyController(Controller):
         opt=requires(Permission.APIKEYS_ISSUE),
         status_code=204,
     )
-    async def revoke(self, request: Request[Any, Any, Any], key_id: UUID) -> Response[None]:
+    async def revoke(
+        self, request: Request[Any, Any, Any], key_id: FromPath[UUID]
+    ) -> Response[None]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.identity.api_keys.revoke(principal_of(request.scope), key_id)
         return positioned(None, written.position, 204)

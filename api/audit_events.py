@@ -27,7 +27,7 @@ from litestar.openapi.spec import (
     RequestBody,
     Schema,
 )
-from litestar.params import QueryParameter
+from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
 from api.access import principal_of, requires
@@ -360,12 +360,12 @@ class AuditEventController(Controller):
     async def export(
         self,
         request: Request[Any, Any, Any],
-        format: Literal["csv", "jsonl"] = "csv",
+        format: FromQuery[Literal["csv", "jsonl"]] = "csv",
         actor: FilterText = None,
         action: FilterText = None,
         resource: FilterText = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
     ) -> Stream:
         runtime: Runtime = request.app.state.runtime
         principal = principal_of(request.scope)

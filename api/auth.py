@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
+from litestar.params import JSONBody
 
 from api.access import PUBLIC, SESSION_COOKIE, client_ip, principal_of, requires
 from api.positions import positioned
@@ -63,7 +64,9 @@ class AuthController(Controller):
         opt=PUBLIC,
         status_code=200,
     )
-    async def login(self, request: Request[Any, Any, Any], data: Login) -> Response[SessionIssued]:
+    async def login(
+        self, request: Request[Any, Any, Any], data: JSONBody[Login]
+    ) -> Response[SessionIssued]:
         runtime: Runtime = request.app.state.runtime
         identity = runtime.identity
         identity.limits.login_ip.take(client_ip(request.scope))
@@ -84,7 +87,7 @@ class AuthController(Controller):
         status_code=200,
     )
     async def mfa(
-        self, request: Request[Any, Any, Any], data: MfaCompletion
+        self, request: Request[Any, Any, Any], data: JSONBody[MfaCompletion]
     ) -> Response[SessionIssued]:
         runtime: Runtime = request.app.state.runtime
         runtime.identity.limits.login_ip.take(client_ip(request.scope))
@@ -105,7 +108,7 @@ class AuthController(Controller):
         status_code=200,
     )
     async def step_up(
-        self, request: Request[Any, Any, Any], data: StepUp
+        self, request: Request[Any, Any, Any], data: JSONBody[StepUp]
     ) -> Response[SessionIssued]:
         runtime: Runtime = request.app.state.runtime
         runtime.identity.limits.login_ip.take(client_ip(request.scope))
@@ -181,7 +184,7 @@ class AccountController(Controller):
         status_code=204,
     )
     async def password(
-        self, request: Request[Any, Any, Any], data: PasswordChange
+        self, request: Request[Any, Any, Any], data: JSONBody[PasswordChange]
     ) -> Response[None]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.identity.sessions.change_password(
@@ -211,7 +214,7 @@ class AccountController(Controller):
         status_code=200,
     )
     async def confirm(
-        self, request: Request[Any, Any, Any], data: MfaConfirm
+        self, request: Request[Any, Any, Any], data: JSONBody[MfaConfirm]
     ) -> Response[RecoveryCodes]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.identity.sessions.confirm_mfa(

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from litestar import Controller, Request, Response, get, post, put
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from api.access import principal_of, requires
 from api.positions import positioned, read_model
@@ -64,10 +64,10 @@ class ConnectorController(Controller):
     async def list_all(
         self,
         request: Request[Any, Any, Any],
-        kind: ConnectorKind | None = None,
-        status: Literal["active", "paused"] | None = None,
-        after: UUID | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+        kind: FromQuery[ConnectorKind | None] = None,
+        status: FromQuery[Literal["active", "paused"] | None] = None,
+        after: FromQuery[UUID | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> ConnectorPage:
         rows = await read_model(
             request,
@@ -88,7 +88,9 @@ class ConnectorController(Controller):
         "fingerprint",
         opt=requires(Permission.CONNECTORS_READ),
     )
-    async def get(self, request: Request[Any, Any, Any], connector_id: UUID) -> ConnectorView:
+    async def get(
+        self, request: Request[Any, Any, Any], connector_id: FromPath[UUID]
+    ) -> ConnectorView:
         row = await read_model(
             request,
             _PROJECTION,
@@ -105,7 +107,7 @@ class ConnectorController(Controller):
         opt=requires(Permission.CONNECTORS_MANAGE),
     )
     async def register(
-        self, request: Request[Any, Any, Any], data: ConnectorCreate
+        self, request: Request[Any, Any, Any], data: JSONBody[ConnectorCreate]
     ) -> Response[ConnectorCreated]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.vault.register(
@@ -122,7 +124,10 @@ class ConnectorController(Controller):
         status_code=204,
     )
     async def change_config(
-        self, request: Request[Any, Any, Any], connector_id: UUID, data: ConnectorConfigChange
+        self,
+        request: Request[Any, Any, Any],
+        connector_id: FromPath[UUID],
+        data: JSONBody[ConnectorConfigChange],
     ) -> Response[None]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.vault.change_config(
@@ -137,7 +142,9 @@ class ConnectorController(Controller):
         opt=requires(Permission.CONNECTORS_MANAGE),
         status_code=204,
     )
-    async def pause(self, request: Request[Any, Any, Any], connector_id: UUID) -> Response[None]:
+    async def pause(
+        self, request: Request[Any, Any, Any], connector_id: FromPath[UUID]
+    ) -> Response[None]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.vault.pause(principal_of(request.scope), connector_id)
         return positioned(None, written.position, 204)
@@ -149,7 +156,9 @@ class ConnectorController(Controller):
         opt=requires(Permission.CONNECTORS_MANAGE),
         status_code=204,
     )
-    async def resume(self, request: Request[Any, Any, Any], connector_id: UUID) -> Response[None]:
+    async def resume(
+        self, request: Request[Any, Any, Any], connector_id: FromPath[UUID]
+    ) -> Response[None]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.vault.resume(principal_of(request.scope), connector_id)
         return positioned(None, written.position, 204)
@@ -165,7 +174,10 @@ class ConnectorController(Controller):
         status_code=204,
     )
     async def set_credential(
-        self, request: Request[Any, Any, Any], connector_id: UUID, data: ConnectorCredentialSet
+        self,
+        request: Request[Any, Any, Any],
+        connector_id: FromPath[UUID],
+        data: JSONBody[ConnectorCredentialSet],
     ) -> Response[None]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.vault.set_credential(

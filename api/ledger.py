@@ -17,7 +17,7 @@ import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.exceptions import ValidationException
-from litestar.params import Parameter
+from litestar.params import PathParameter, QueryParameter
 
 from api.access import principal_of, requires
 from domain.errors import NotFoundError
@@ -161,8 +161,8 @@ class LedgerController(Controller):
     async def list_checkpoints(
         self,
         request: Request[Any, Any, Any],
-        after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        after: Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> CheckpointPage:
         pool, tenant_id = _tenant(request)
         async with tenant_transaction(pool, tenant_id, readonly=True) as conn:
@@ -182,7 +182,7 @@ class LedgerController(Controller):
     async def one_checkpoint(
         self,
         request: Request[Any, Any, Any],
-        size: Annotated[int, Parameter(ge=1, le=MAX_POSITION)],
+        size: Annotated[int, PathParameter(ge=1, le=MAX_POSITION)],
     ) -> Response[str]:
         pool, tenant_id = _tenant(request)
         async with tenant_transaction(pool, tenant_id, readonly=True) as conn:
@@ -201,8 +201,8 @@ class LedgerController(Controller):
     async def consistency(
         self,
         request: Request[Any, Any, Any],
-        from_size: Annotated[int, Parameter(query="from", ge=1, le=MAX_POSITION)],
-        to_size: Annotated[int, Parameter(query="to", ge=1, le=MAX_POSITION)],
+        from_size: Annotated[int, QueryParameter(name="from", ge=1, le=MAX_POSITION)],
+        to_size: Annotated[int, QueryParameter(name="to", ge=1, le=MAX_POSITION)],
     ) -> Response[str]:
         if from_size > to_size:
             raise ValidationException("'from' must not be above 'to'")
@@ -254,7 +254,9 @@ class LedgerController(Controller):
         opt=requires(Permission.LEDGER_READ),
     )
     async def receipt(
-        self, request: Request[Any, Any, Any], seq: Annotated[int, Parameter(ge=1, le=MAX_POSITION)]
+        self,
+        request: Request[Any, Any, Any],
+        seq: Annotated[int, PathParameter(ge=1, le=MAX_POSITION)],
     ) -> ReceiptView:
         return await self._receipt(request, seq)
 
@@ -266,7 +268,9 @@ class LedgerController(Controller):
         media_type=TEXT,
     )
     async def receipt_text(
-        self, request: Request[Any, Any, Any], seq: Annotated[int, Parameter(ge=1, le=MAX_POSITION)]
+        self,
+        request: Request[Any, Any, Any],
+        seq: Annotated[int, PathParameter(ge=1, le=MAX_POSITION)],
     ) -> Response[str]:
         return _text((await self._receipt(request, seq)).receipt)
 
@@ -278,7 +282,9 @@ class LedgerController(Controller):
         media_type="application/octet-stream",
     )
     async def leaf(
-        self, request: Request[Any, Any, Any], seq: Annotated[int, Parameter(ge=1, le=MAX_POSITION)]
+        self,
+        request: Request[Any, Any, Any],
+        seq: Annotated[int, PathParameter(ge=1, le=MAX_POSITION)],
     ) -> Response[bytes]:
         pool, tenant_id = _tenant(request)
         async with tenant_transaction(pool, tenant_id, readonly=True) as conn:

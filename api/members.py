@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from litestar import Controller, Request, Response, get, post, put
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from api.access import PUBLIC, principal_of, requires
 from api.positions import positioned, read_model
@@ -54,10 +54,10 @@ class MemberController(Controller):
     async def list_all(
         self,
         request: Request[Any, Any, Any],
-        role: RoleName | None = None,
-        active: bool | None = None,
-        after: UUID | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+        role: FromQuery[RoleName | None] = None,
+        active: FromQuery[bool | None] = None,
+        after: FromQuery[UUID | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> MemberPage:
         rows = await read_model(
             request,
@@ -77,7 +77,7 @@ class MemberController(Controller):
         summary="One member",
         opt=requires(Permission.MEMBERS_READ),
     )
-    async def get(self, request: Request[Any, Any, Any], member_id: UUID) -> MemberView:
+    async def get(self, request: Request[Any, Any, Any], member_id: FromPath[UUID]) -> MemberView:
         row = await read_model(
             request,
             _PROJECTION,
@@ -94,7 +94,7 @@ class MemberController(Controller):
         opt=requires(Permission.MEMBERS_INVITE),
     )
     async def invite(
-        self, request: Request[Any, Any, Any], data: MemberInvite
+        self, request: Request[Any, Any, Any], data: JSONBody[MemberInvite]
     ) -> Response[MemberInvited]:
         runtime: Runtime = request.app.state.runtime
         principal = principal_of(request.scope)
@@ -112,7 +112,7 @@ class MemberController(Controller):
         status_code=204,
     )
     async def change_role(
-        self, request: Request[Any, Any, Any], member_id: UUID, data: RoleChange
+        self, request: Request[Any, Any, Any], member_id: FromPath[UUID], data: JSONBody[RoleChange]
     ) -> Response[None]:
         runtime: Runtime = request.app.state.runtime
         principal = principal_of(request.scope)
@@ -126,7 +126,9 @@ class MemberController(Controller):
         opt=requires(Permission.MEMBERS_MANAGE),
         status_code=204,
     )
-    async def deactivate(self, request: Request[Any, Any, Any], member_id: UUID) -> Response[None]:
+    async def deactivate(
+        self, request: Request[Any, Any, Any], member_id: FromPath[UUID]
+    ) -> Response[None]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.identity.members.deactivate(principal_of(request.scope), member_id)
         return positioned(None, written.position, 204)
@@ -138,7 +140,9 @@ class MemberController(Controller):
         opt=requires(Permission.MEMBERS_MANAGE),
         status_code=204,
     )
-    async def reactivate(self, request: Request[Any, Any, Any], member_id: UUID) -> Response[None]:
+    async def reactivate(
+        self, request: Request[Any, Any, Any], member_id: FromPath[UUID]
+    ) -> Response[None]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.identity.members.reactivate(principal_of(request.scope), member_id)
         return positioned(None, written.position, 204)
@@ -155,7 +159,9 @@ class InviteController(Controller):
         opt=PUBLIC,
         status_code=200,
     )
-    async def accept(self, request: Request[Any, Any, Any], data: InviteAccept) -> Response[Joined]:
+    async def accept(
+        self, request: Request[Any, Any, Any], data: JSONBody[InviteAccept]
+    ) -> Response[Joined]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.identity.members.accept_invite(data.token, data.password)
         body = Joined(tenant_id=written.values["tenant_id"], member_id=written.values["member_id"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post, put
+from litestar.params import JSONBody
 
 from api.access import PLATFORM, principal_of, requires
 from api.positions import positioned
@@ -45,7 +46,7 @@ class TenantController(Controller):
         opt=PLATFORM,
     )
     async def create(
-        self, request: Request[Any, Any, Any], data: TenantCreate
+        self, request: Request[Any, Any, Any], data: JSONBody[TenantCreate]
     ) -> Response[TenantCreated]:
         runtime: Runtime = request.app.state.runtime
         written = await runtime.identity.tenants.create(data.name, data.slug, data.owner_email)
@@ -75,7 +76,7 @@ class TenantController(Controller):
         opt=requires(Permission.TENANT_MANAGE, step_up=True),
     )
     async def change(
-        self, request: Request[Any, Any, Any], data: SettingsChange
+        self, request: Request[Any, Any, Any], data: JSONBody[SettingsChange]
     ) -> Response[TenantView]:
         runtime: Runtime = request.app.state.runtime
         principal = principal_of(request.scope)
