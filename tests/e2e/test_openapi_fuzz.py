@@ -140,6 +140,12 @@ def to_httpx(case: AnyCase, token: str) -> dict[str, Any]:
         # own tests cover that); a malformed one still goes out and must be a 400.
         if str(headers[name]).isascii() and str(headers[name]).isdigit():
             headers[name] = "0"
+    cookies = kwargs.pop("cookies", None)
+    if cookies:  # as a header: httpx deprecates per-request cookies
+        kwargs["headers"] = {
+            **(kwargs.get("headers") or {}),
+            "Cookie": "; ".join(f"{name}={value}" for name, value in cookies.items()),
+        }
     data = kwargs.pop("data", None)
     if isinstance(data, (bytes, str)):
         kwargs["content"] = data
