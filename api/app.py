@@ -111,8 +111,9 @@ def _declare_access(app: Litestar) -> None:
 def _document_conventions(app: Litestar) -> None:
     """Say in the OpenAPI document what litestar cannot infer: request bodies refuse
     unknown fields, every error is problem+json (api/problems.py), a 204 has no body, a
-    200 whose type the request chooses lists each (``opt["media_types"]``), and which
-    credential each operation takes (from its declared access)."""
+    200 whose type the request chooses lists each (``opt["media_types"]``), which
+    credential each operation takes (from its declared access), the headers no signature
+    shows (:func:`_document_headers`), and the 429 of every rate-limited operation."""
     document = app.openapi_schema
     document.components.security_schemes = {
         "bearer": SecurityScheme(
@@ -194,7 +195,8 @@ _READ_MODEL_FUNCTIONS = frozenset({"read_model", "wait_for_min_position"})
 
 def _calls(handler: object, names: frozenset[str]) -> bool:
     """Whether a handler's own code names one of ``names`` (api/positions.py's entry
-    points that honour ``Strongroom-Min-Position``)."""
+    points that honour ``Strongroom-Min-Position``). A handler must call them itself:
+    one reached through a helper of its module would go undocumented."""
     function = getattr(handler, "value", handler)  # litestar may wrap it in a Ref
     code = getattr(getattr(function, "__func__", function), "__code__", None)
     return code is not None and not names.isdisjoint(code.co_names)
