@@ -39,7 +39,7 @@ import orjson
 from domain.errors import ConflictError, InvalidError, NotFoundError
 from infra import canonical
 from infra.db import call_in_tenant, tenant_transaction
-from infra.keyring import Keyring, Sealer, SubjectKey, open_sealed, pii_aad
+from infra.keyring import Cipher, Keyring, SubjectKey, pii_aad
 from infra.merkle import MIN_STORED_LEVEL, ZERO_HASH, Frontier
 from infra.metrics import APPEND_CALLS
 
@@ -1053,7 +1053,7 @@ class EventStore:
         stamp = ts.encode()
         salts = os.urandom(16 * len(pending.events))
         tenant = str(tenant_id)
-        sealers: dict[str, Sealer] = {}
+        ciphers: dict[str, Cipher] = {}
         for offset, (event, event_id) in enumerate(
             zip(pending.events, pending.event_ids, strict=True)
         ):
@@ -1065,13 +1065,13 @@ class EventStore:
             if event.personal:
                 subject = event.subject
                 assert subject is not None
-                sealer = sealers.get(subject)
-                if sealer is None:
-                    sealer = sealers[subject] = Sealer(keys[subject].key)
+                cipher = ciphers.get(subject)
+                if cipher is None:
+                    cipher = ciphers[subject] = Cipher(keys[subject].key)
                 refs = []
                 for name in sorted(event.personal):
                     aad = pii_aad(tenant, subject, name, event_text)
-                    ciphertext = sealer.seal(event.personal[name].encode(), aad)
+                    ciphertext = cipher.seal(event.personal[name].encode(), aad)
                     digest = hashlib.sha256(ciphertext).digest()
                     # Field names match _FIELD and digests are hex: nothing to escape, and
                     # sorted() is RFC 8785's key order for ASCII names.
@@ -1232,6 +1232,7 @@ class EventStore:
         subjects = {r["subject_id"] for r in values.values()}
         keys = await self._keyring.subject_keys(conn, tenant_id, subjects, create=False)
         tenant = str(tenant_id)
+        ciphers: dict[str, Cipher] = {}  # per subject: a page repeats its people
         opened = []
         for seq, leaf in leaves:
             personal: dict[str, str | _Erased] = {}
@@ -1245,8 +1246,12 @@ class EventStore:
                     continue
                 if hashlib.sha256(value["ciphertext"]).hexdigest() != hex_hash:
                     raise EventStoreIntegrityError(f"seq {seq}: personal value altered")
-                aad = pii_aad(tenant, value["subject_id"], name, leaf["id"])
-                personal[name] = open_sealed(subject_key.key, value["ciphertext"], aad).decode()
+                subject = value["subject_id"]
+                cipher = ciphers.get(subject)
+                if cipher is None:
+                    cipher = ciphers[subject] = Cipher(subject_key.key)
+                aad = pii_aad(tenant, subject, name, leaf["id"])
+                personal[name] = cipher.open(value["ciphertext"], aad).decode()
             opened.append(personal)
         return opened
 
