@@ -33,14 +33,9 @@ class DecryptionError(KeyringError):
     """A sealed value does not open: wrong key, wrong place, or tampered."""
 
 
-def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    nonce = secrets.token_bytes(NONCE_SIZE)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
-
-
 class Cipher:
-    """:func:`seal` and :func:`open_sealed` under one key, for many values: the cipher is
-    set up once (that costs about as much as sealing a short value)."""
+    """AES-256-GCM under one key: set up once (that costs about as much as sealing a
+    short value), then seal and open many values."""
 
     __slots__ = ("_aead",)
 
@@ -58,11 +53,13 @@ class Cipher:
             raise DecryptionError("sealed value does not open in this place") from None
 
 
+def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """One value under ``key``; :class:`Cipher` for many."""
+    return Cipher(key).seal(plaintext, aad)
+
+
 def open_sealed(key: bytes, blob: bytes, aad: bytes) -> bytes:
-    try:
-        return AESGCM(key).decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
-    except (InvalidTag, ValueError):
-        raise DecryptionError("sealed value does not open in this place") from None
+    return Cipher(key).open(blob, aad)
 
 
 def _aad(tenant_id: UUID | str, object_id: str, key_version: int) -> bytes:
