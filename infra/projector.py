@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -111,8 +111,13 @@ def to_projection_event(tenant_id: UUID, recorded: RecordedEvent) -> Event:
         actor_kind=recorded.actor.kind,
         actor_id=recorded.actor.id,
         data=recorded.data,
-        personal={k: None if v is ERASED else str(v) for k, v in recorded.personal.items()},
+        personal=_as_seen(recorded.personal),
     )
+
+
+def _as_seen(personal: Mapping[str, object]) -> dict[str, str | None]:
+    """Personal fields as a projector sees them: None for an erased one."""
+    return {k: None if v is ERASED else str(v) for k, v in personal.items()}
 
 
 async def projection_events(
@@ -130,11 +135,7 @@ async def projection_events(
     events = []
     for row, leaf in zip(rows, leaves, strict=True):
         actor = leaf["actor"]
-        personal = (
-            {k: None if v is ERASED else str(v) for k, v in next(opened).items()}
-            if leaf["pii"]
-            else {}
-        )
+        personal = _as_seen(next(opened)) if leaf["pii"] else {}
         events.append(
             Event(
                 tenant_id,
