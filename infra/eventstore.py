@@ -1172,7 +1172,11 @@ class EventStore:
             await self.open_personal(
                 conn,
                 tenant_id,
-                [(r["seq"], leaf) for r, leaf in zip(rows, leaves, strict=True) if leaf["pii"]],
+                [
+                    (r["seq"], leaf["id"], leaf["pii"])
+                    for r, leaf in zip(rows, leaves, strict=True)
+                    if leaf["pii"]
+                ],
             )
         )
         events = []
@@ -1212,14 +1216,18 @@ class EventStore:
         return events
 
     async def open_personal(
-        self, conn: asyncpg.Connection, tenant_id: UUID, leaves: Sequence[tuple[int, Any]]
+        self,
+        conn: asyncpg.Connection,
+        tenant_id: UUID,
+        leaves: Sequence[tuple[int, str, Mapping[str, str]]],
     ) -> list[dict[str, str | _Erased]]:
-        """The personal fields of parsed leaves ``(seq, leaf)`` that have some, decrypted
-        (``ERASED`` once their subject is); ``conn`` is in a transaction of ``tenant_id``.
-        Raises :class:`EventStoreIntegrityError` for a value missing or altered."""
+        """The personal fields of events, given as their leaves' ``(seq, id, pii)``,
+        decrypted (``ERASED`` once their subject is); ``conn`` is in a transaction of
+        ``tenant_id``. Raises :class:`EventStoreIntegrityError` for a value missing or
+        altered."""
         if not leaves:
             return []
-        wanted = [bytes.fromhex(h) for _, leaf in leaves for h in leaf["pii"].values()]
+        wanted = [bytes.fromhex(h) for _, _, pii in leaves for h in pii.values()]
         values: dict[bytes, asyncpg.Record] = {
             r["value_hash"]: r
             for r in await conn.fetch(
@@ -1234,9 +1242,9 @@ class EventStore:
         tenant = str(tenant_id)
         ciphers: dict[str, Cipher] = {}  # per subject: a page repeats its people
         opened = []
-        for seq, leaf in leaves:
+        for seq, event_id, pii in leaves:
             personal: dict[str, str | _Erased] = {}
-            for name, hex_hash in leaf["pii"].items():
+            for name, hex_hash in pii.items():
                 value = values.get(bytes.fromhex(hex_hash))
                 if value is None:
                     raise EventStoreIntegrityError(f"seq {seq}: personal value missing")
@@ -1250,7 +1258,7 @@ class EventStore:
                 cipher = ciphers.get(subject)
                 if cipher is None:
                     cipher = ciphers[subject] = Cipher(subject_key.key)
-                aad = pii_aad(tenant, subject, name, leaf["id"])
+                aad = pii_aad(tenant, subject, name, event_id)
                 personal[name] = cipher.open(value["ciphertext"], aad).decode()
             opened.append(personal)
         return opened

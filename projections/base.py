@@ -21,19 +21,20 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One event of a tenant's log, as a projector sees it."""
+class Event(msgspec.Struct, frozen=True):
+    """One event of a tenant's log, as a projector sees it. Immutable; a msgspec struct
+    rather than a frozen dataclass because a rebuild makes one per event, and a frozen
+    dataclass costs ~1.8 µs to build against ~0.15 µs."""
 
     tenant_id: UUID
     seq: int
