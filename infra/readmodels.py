@@ -12,16 +12,26 @@ updated. Then, in one owner transaction, the live tables are locked, the copy
 catches up the last events, and it is swapped in: the schemas are renamed
 (all tenants) or the tenant's rows are replaced (one tenant). Waiters are
 notified of the new positions.
+
+A rebuild of every tenant can use more than one process (``workers``): tenants are
+independent, so helper processes (``python -m infra.rebuild_worker``) take tenants
+from the same queue as this process, largest first, each building a whole tenant
+into the same copy. This process alone catches up and swaps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import os
+import pickle
 import secrets
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -42,6 +52,9 @@ from infra.projector import (
 from projections.base import Projection
 
 PAGE = 1000
+EVENTS_PER_WORKER = 20_000
+"""A helper process costs ~0.4 s to start (an interpreter and its imports): a rebuild
+uses one more process per this many events, up to ``workers``."""
 _POLICY = "tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid"
 _LOCK_BASE = 0x5245_4255_494C_0000  # "REBUIL"
 
@@ -160,12 +173,25 @@ async def ensure_projections(owner_url: str, projections: Sequence[Projection]) 
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """How a helper process of a rebuild opens the event store: the app role's URL, the
+    master key and the log's host. Neither the URL (it may hold a password) nor the key
+    is ever printed."""
+
+    app_url: str = field(repr=False)
+    master_key: bytes = field(repr=False)
+    log_host: str
+
+
+@dataclass(frozen=True, slots=True)
 class RebuildReport:
     projection: str
     tenants: int
     events: int
     seconds: float
     parked: list[UUID]
+    per_process: list[int] = field(default_factory=list)
+    """Events built by each process, this one first."""
 
     @property
     def events_per_second(self) -> float:
@@ -184,8 +210,19 @@ async def rebuild(
     tenant_id: UUID | None = None,
     progress: Progress | None = None,
     concurrency: int = 4,
+    workers: int = 1,
+    spec: StoreSpec | None = None,
+    events_per_worker: int = EVENTS_PER_WORKER,
 ) -> RebuildReport:
-    """Rebuild ``projection`` (for every tenant, or one) from the store and swap it in."""
+    """Rebuild ``projection`` (for every tenant, or one) from the store and swap it in.
+
+    ``concurrency`` tenants at a time in each process; up to ``workers`` processes (one
+    per ``events_per_worker`` events, helpers need ``spec``), for every tenant only.
+    """
+    if workers < 1 or concurrency < 1:
+        raise ValueError("workers and concurrency are at least 1")
+    if workers > 1 and spec is None:
+        raise ValueError("helper processes need the StoreSpec to open the store")
     started = time.perf_counter()
     shadow = f"{projection.schema}__rebuild"
     applier = Applier(store, projection, schema=shadow)
@@ -212,20 +249,29 @@ async def rebuild(
         total = sum(heads.values())
         built = _Built(total, progress)
         parked: set[UUID] = set()
-        slots = asyncio.Semaphore(concurrency)
-
-        async def build(t: UUID, size: int) -> None:
-            async with slots:
-                await _build_tenant(_pooled(pool, t), applier, t, size, built, parked)
-
-        for _ in range(3):  # appends continue meanwhile: close most of the gap outside the lock
-            await asyncio.gather(*(build(t, size) for t, size in heads.items() if t not in parked))
-            fresh = await _heads(owner, tenant_id)
-            if sum(fresh.values()) - sum(heads.values()) < PAGE:
+        helpers = 0 if tenant_id is not None else min(workers, total // events_per_worker) - 1
+        async with AsyncExitStack() as stack:
+            if helpers > 0:
+                assert spec is not None
+                setup = _HelperSetup(spec, projection, shadow, concurrency)
+                others = await stack.enter_async_context(
+                    _helper_processes(setup, helpers, built, parked)
+                )
+            else:
+                others = []
+            # Appends continue meanwhile: close most of the gap outside the lock.
+            for _ in range(3):
+                todo = [(t, size) for t, size in heads.items() if t not in parked]
+                queue = deque(sorted(todo, key=lambda h: h[1], reverse=True))
+                lanes = [_Lane(pool, applier, built, parked) for _ in range(concurrency)]
+                await _drain(queue, [lane.drain for lane in lanes + others])
+                fresh = await _heads(owner, tenant_id)
+                if sum(fresh.values()) - sum(heads.values()) < PAGE:
+                    heads = fresh
+                    break
+                built.total += sum(fresh.values()) - sum(heads.values())
                 heads = fresh
-                break
-            built.total += sum(fresh.values()) - sum(heads.values())
-            heads = fresh
+        elsewhere = [helper.built for helper in others]
         async with owner.transaction():
             if tenant_id is None:
                 await _swap_all(owner, applier, projection, shadow, built, parked)
@@ -239,6 +285,7 @@ async def rebuild(
             built.done,
             time.perf_counter() - started,
             sorted(parked),
+            [built.done - sum(elsewhere), *elsewhere],
         )
     finally:
         try:
@@ -297,6 +344,173 @@ async def _build_tenant(
         built.add(page.after - page.before)
         if page.after >= size or page.after == page.before or page.parked:
             return
+
+
+Drain = Callable[[deque[tuple[UUID, int]]], Awaitable[None]]
+
+
+async def _drain(queue: deque[tuple[UUID, int]], drains: Sequence[Drain]) -> None:
+    """Run every drain on the shared queue until it is empty and each is done. The first
+    failure cancels the others and is raised as it is."""
+    tasks = [asyncio.ensure_future(drain(queue)) for drain in drains]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(slots=True)
+class _Lane:
+    """Builds tenants from the queue in this process, one at a time."""
+
+    pool: asyncpg.Pool
+    applier: Applier
+    built: _Built
+    parked: set[UUID]
+
+    async def drain(self, queue: deque[tuple[UUID, int]]) -> None:
+        while queue:
+            tenant_id, size = queue.popleft()
+            transactions = _pooled(self.pool, tenant_id)
+            await _build_tenant(
+                transactions, self.applier, tenant_id, size, self.built, self.parked
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _HelperSetup:
+    """What a helper process is told, pickled on its standard input's first line."""
+
+    spec: StoreSpec
+    projection: Projection
+    schema: str
+    concurrency: int
+
+
+class _Helper:
+    """One helper process (``python -m infra.rebuild_worker``), fed tenants on its
+    standard input ("<tenant> <size>" lines, up to ``concurrency`` outstanding). It
+    answers "ready", then "p <events built so far>" per page and "d <tenant> <0|1>"
+    when a tenant is done (1: parked)."""
+
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        concurrency: int,
+        built: _Built,
+        parked: set[UUID],
+    ) -> None:
+        self._process = process
+        self._concurrency = concurrency
+        self._built = built
+        self._parked = parked
+        self._ready = False
+        self._errors: deque[str] = deque(maxlen=20)
+        self._stderr = asyncio.ensure_future(self._collect_errors())
+        self.built = 0
+
+    @classmethod
+    async def start(cls, setup: _HelperSetup, built: _Built, parked: set[UUID]) -> _Helper:
+        paths = [p or os.getcwd() for p in sys.path]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "infra.rebuild_worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        )
+        helper = cls(process, setup.concurrency, built, parked)
+        helper._send(base64.b64encode(pickle.dumps(setup)).decode())
+        return helper
+
+    def _send(self, line: str) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(line.encode() + b"\n")
+
+    async def _collect_errors(self) -> None:
+        assert self._process.stderr is not None
+        while line := await self._process.stderr.readline():
+            self._errors.append(line.decode(errors="replace").rstrip())
+
+    async def _receive(self) -> list[str]:
+        assert self._process.stdout is not None
+        line = await self._process.stdout.readline()
+        if not line:
+            await self._process.wait()
+            await self._stderr
+            last = next((e for e in reversed(self._errors) if e.strip()), "no message")
+            raise RebuildError(
+                f"a rebuild helper process stopped (exit {self._process.returncode}): {last}"
+            )
+        return line.decode().split()
+
+    async def drain(self, queue: deque[tuple[UUID, int]]) -> None:
+        """Take tenants from the queue (once this process is up) until it is empty."""
+        if not self._ready and queue:
+            if await self._receive() != ["ready"]:
+                raise RebuildError("a rebuild helper process did not start as expected")
+            self._ready = True
+        outstanding = 0
+        while True:
+            while outstanding < self._concurrency and queue:
+                tenant_id, size = queue.popleft()
+                self._send(f"{tenant_id} {size}")
+                outstanding += 1
+            if outstanding == 0:
+                return
+            match await self._receive():
+                case ["p", done]:
+                    self._built.add(int(done) - self.built)
+                    self.built = int(done)
+                case ["d", tenant, was_parked]:
+                    outstanding -= 1
+                    if was_parked == "1":
+                        self._parked.add(UUID(tenant))
+                case other:
+                    raise RebuildError(f"a rebuild helper process said {' '.join(other)!r}")
+
+    async def close(self, *, failed: bool) -> None:
+        """End of input: the process stops (killed if ``failed``)."""
+        process = self._process
+        if failed and process.returncode is None:
+            process.kill()
+        elif process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.close()
+        try:
+            async with asyncio.timeout(30):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        self._stderr.cancel()
+        if process.returncode != 0 and not failed:
+            raise RebuildError(f"a rebuild helper process ended with exit {process.returncode}")
+
+
+@asynccontextmanager
+async def _helper_processes(
+    setup: _HelperSetup, count: int, built: _Built, parked: set[UUID]
+) -> AsyncIterator[list[_Helper]]:
+    helpers: list[_Helper] = []
+    failed = True
+    try:
+        for _ in range(count):
+            helpers.append(await _Helper.start(setup, built, parked))
+        yield helpers
+        failed = False
+    finally:
+        errors = []
+        for helper in helpers:  # every one, even after one failed
+            try:
+                await helper.close(failed=failed)
+            except RebuildError as e:
+                errors.append(e)
+        if errors and not failed:
+            raise errors[0]
 
 
 def _pooled(pool: asyncpg.Pool, tenant_id: UUID) -> Transactions:

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from api.app import create_app
 from infra.bootstrap import prepare_embedded_database
+from infra.collector import tune_collector
 from infra.embedded import EmbeddedNats, EmbeddedPostgres, ensure_port_free
 from infra.investigations import Operator
 from infra.keyring import load_or_create_dev_master_key
@@ -39,7 +40,7 @@ from infra.local import (
 from infra.migrate import migrate
 from infra.notary import load_or_create_dev_notary_key
 from infra.readmodels import ensure_projections
-from infra.runtime import Endpoints, Runtime, Workers, strongroom_version, tune_collector
+from infra.runtime import Endpoints, Runtime, Workers, strongroom_version
 from infra.services import create_platform_token
 from infra.settings import Settings
 from infra.verify import VerifyReport, verify_tenant

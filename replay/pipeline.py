@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +31,7 @@ from infra.eventstore import EventStore
 from infra.keyring import Keyring, load_or_create_dev_master_key
 from infra.local import database_urls, read_run_info
 from infra.projector import Partition, partitions, unpark
-from infra.readmodels import RebuildReport, ddl_sha256, rebuild
+from infra.readmodels import EVENTS_PER_WORKER, RebuildReport, StoreSpec, ddl_sha256, rebuild
 from infra.runtime import Endpoints, Runtime, Workers
 from infra.settings import Settings
 from projections import ALL as ALL_PROJECTIONS
@@ -82,6 +84,8 @@ class _Connected:
     owner_url: str
     pool: asyncpg.Pool
     store: EventStore
+    spec: StoreSpec
+    """How a rebuild's helper processes open the same store."""
 
 
 @asynccontextmanager
@@ -89,10 +93,10 @@ async def _connected(settings: Settings, *, need_key: bool) -> AsyncIterator[_Co
     async with database_urls(settings) as urls:
         pool = await create_pool(urls.app, min_size=1, max_size=8)
         try:
-            keyring = Keyring(_master_key(settings) if need_key else bytes(32))
-            yield _Connected(
-                urls.owner, pool, EventStore(pool, keyring, log_host=settings.log_host)
-            )
+            master_key = _master_key(settings) if need_key else bytes(32)
+            store = EventStore(pool, Keyring(master_key), log_host=settings.log_host)
+            spec = StoreSpec(urls.app, master_key, settings.log_host)
+            yield _Connected(urls.owner, pool, store, spec)
         finally:
             await pool.close()
 
@@ -330,9 +334,29 @@ def replay_group() -> None:
 @replay_group.command("rebuild")
 @click.argument("projection_name", metavar="PROJECTION")
 @click.option("--tenant", help="Only this tenant (UUID); others are untouched.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=min(os.cpu_count() or 1, 8),
+    show_default="the CPUs, at most 8",
+    help="Processes that build tenants, this one included (all tenants only).",
+)
+@click.option(
+    "--events-per-worker",
+    type=click.IntRange(1),
+    default=EVENTS_PER_WORKER,
+    show_default=True,
+    help="Start one more process per this many events (each costs ~0.4 s to start).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @friendly_errors
-def replay_rebuild(projection_name: str, tenant: str | None, as_json: bool) -> None:
+def replay_rebuild(
+    projection_name: str,
+    tenant: str | None,
+    workers: int,
+    events_per_worker: int,
+    as_json: bool,
+) -> None:
     """Rebuild PROJECTION from the event store into fresh tables, then swap them in.
 
     The old read model keeps serving until the swap, which is atomic.
@@ -343,18 +367,24 @@ def replay_rebuild(projection_name: str, tenant: str | None, as_json: bool) -> N
 
     async def run() -> RebuildReport:
         async with _connected(load_settings(), need_key=True) as c:
+            run = functools.partial(
+                rebuild,
+                c.owner_url,
+                c.pool,
+                c.store,
+                projection,
+                tenant_id=tenant_id,
+                workers=workers,
+                spec=c.spec,
+                events_per_worker=events_per_worker,
+            )
             if not show_progress:
-                return await rebuild(c.owner_url, c.pool, c.store, projection, tenant_id=tenant_id)
+                return await run()
             columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
             with Progress(*Progress.get_default_columns()[:1], *columns, console=err) as bar:
                 task = bar.add_task(f"rebuilding {projection.name}", total=None)
-                return await rebuild(
-                    c.owner_url,
-                    c.pool,
-                    c.store,
-                    projection,
-                    tenant_id=tenant_id,
-                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                return await run(
+                    progress=lambda done, total: bar.update(task, completed=done, total=total)
                 )
 
     report = asyncio.run(run())
@@ -366,6 +396,7 @@ def replay_rebuild(projection_name: str, tenant: str | None, as_json: bool) -> N
         "seconds": round(report.seconds, 3),
         "events_per_second": round(report.events_per_second),
         "parked": [str(t) for t in report.parked],
+        "events_per_process": report.per_process,
     }
     if as_json:
         print_json(result)
@@ -375,6 +406,7 @@ def replay_rebuild(projection_name: str, tenant: str | None, as_json: bool) -> N
     table.add_row("events", str(report.events))
     table.add_row("time", f"{report.seconds:.2f} s")
     table.add_row("rate", f"{report.events_per_second:,.0f} events/s")
+    table.add_row("processes", " + ".join(f"{n:,}" for n in report.per_process) + " events")
     if report.parked:
         table.add_row("[red]parked[/red]", ", ".join(map(str, report.parked)))
     out.print(table)

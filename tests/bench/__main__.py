@@ -16,7 +16,7 @@ import dataclasses
 import sys
 from importlib.metadata import version
 
-from infra.runtime import tune_collector
+from infra.collector import tune_collector
 from tests.bench import (
     bench_append,
     bench_evidence,

@@ -37,6 +37,7 @@ from pathlib import Path
 import msgspec
 
 from infra import canonical
+from infra.collector import tune_collector
 from infra.evidence import (
     FORMAT,
     HASHES,
@@ -74,7 +75,6 @@ from infra.notes import (
     format_hashes,
     sign_note,
 )
-from infra.runtime import tune_collector
 from tests.bench._harness import Measurement
 from tests.bench._report import print_table, write_suite_json
 from tests.bench._stack import cpu_count, cpu_model

@@ -81,12 +81,12 @@ import msgspec
 import uvloop
 
 from infra.broker import Broker
+from infra.collector import tune_collector
 from infra.credentials import PasswordPolicy
 from infra.db import create_pool
 from infra.eventstore import EventStore
 from infra.keyring import Keyring
 from infra.projector import ProjectionRunner
-from infra.runtime import tune_collector
 from infra.services import create_platform_token
 from projections.members import MembersProjection
 from tests.bench._harness import AsyncOp, Measurement, Window, run_async

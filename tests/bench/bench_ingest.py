@@ -39,11 +39,11 @@ import httpx
 import orjson
 
 from domain.ingest import ExternalAuditEvent, parse_batch
+from infra.collector import tune_collector
 from infra.db import create_pool
 from infra.eventstore import Actor, EventStore
 from infra.ingest import Ingestor
 from infra.keyring import Keyring
-from infra.runtime import tune_collector
 from tests.bench._harness import AsyncOp, Window, run_async
 from tests.bench._report import print_table, write_suite_json
 from tests.bench._stack import BenchDatabase, bench_database, bench_nats, machine_info

@@ -17,7 +17,8 @@ it, measured in the same run):
     given another role, deactivated and reactivated: 50,000 events;
 7r. raw JetStream ``publish_async`` of the same messages (subject, leaf, headers),
     at most 4,000 in flight, all acknowledged, into a scratch stream of the same config;
-8.  ``rebuild`` of the members projection from the store (every tenant, 4 at a time):
+8.  ``rebuild`` of the members projection from the store (every tenant, 4 at a time in
+    each process, as many processes as CPUs, as ``strongroom replay rebuild`` does):
     row 7's log, one more like it and row 6's tenants: 100,000 events and row 6's;
 8r. raw: the same events read in pages of 1,000 (4 tenants at a time), and per page, in
     one transaction, one upsert of a trivial row per event (one statement) and a
@@ -42,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import secrets
 import time
 from collections import deque
@@ -65,7 +67,7 @@ from infra.eventstore import Actor, Committed, EventStore
 from infra.keyring import Keyring
 from infra.projector import NOTIFY_CHANNEL, ProjectionRunner, partitions
 from infra.publisher import Relay, headers_for
-from infra.readmodels import rebuild
+from infra.readmodels import StoreSpec, rebuild
 from infra.repository import EventRegistry, Repository
 from infra.runtime import Endpoints, Runtime, Workers
 from infra.settings import Settings
@@ -83,6 +85,7 @@ EVENTS_PER_MEMBER = 4  # invited (personal e-mail), role changed, deactivated, r
 MEMBERS_PER_COMMAND = 250  # 1,000 events: the most one command may hold
 BUILD_CONCURRENCY = 4
 REBUILD_CONCURRENCY = 4  # what ``rebuild`` uses
+REBUILD_WORKERS = min(os.cpu_count() or 1, 8)  # what ``strongroom replay rebuild`` uses
 PAGE = 1000
 MEMBERS = MembersProjection()
 REGISTRY = EventRegistry([Member])
@@ -524,12 +527,16 @@ async def rebuild_members(
     log_tenants: list[UUID],
     size: LogSize,
     row6: tuple[list[UUID], MemberStats],
+    master_key: bytes,
 ) -> RowResult:
     errors: list[BaseException] = []
     events = 0
+    spec = StoreSpec(db.app_url, master_key, LOG_HOST)
     started = time.perf_counter()
     try:
-        report = await rebuild(db.owner_url, stack.pool, stack.store, MEMBERS)
+        report = await rebuild(
+            db.owner_url, stack.pool, stack.store, MEMBERS, workers=REBUILD_WORKERS, spec=spec
+        )
         events = report.events
         if report.parked:
             errors.append(RuntimeError(f"{len(report.parked)} tenants parked"))
@@ -650,7 +657,8 @@ async def _run(db: BenchDatabase, nats_url: str, scale: Scale) -> list[RowResult
         row7r = await raw_publish(js, captured, secrets.token_hex(4))
         more = await build_log(stack.store, size)
         both = LogSize(2 * size.tenants, size.members_per_tenant)
-        row8 = await rebuild_members(db, stack, relayed + more, both, (row6_tenants, row6_expected))
+        row6_both = (row6_tenants, row6_expected)
+        row8 = await rebuild_members(db, stack, relayed + more, both, row6_both, master_key)
         row8r = await raw_rebuild(db, stack.pool)
     evaluate([row6], scale.window)
     evaluate([row7, row7r, row8, row8r], None)

@@ -119,6 +119,27 @@ async def test_rebuild_of_one_tenant_reports_its_events_and_keeps_the_position(
     assert human.returncode == 0 and "events/s" in human.stdout
 
 
+async def test_rebuild_of_every_tenant_with_helper_processes_reports_each_ones_events(
+    env: dict[str, str], store: EventStore, pool: asyncpg.Pool
+) -> None:
+    tenant = uuid.uuid4()
+    head = await invite_members(store, tenant, 3)
+    args = ("replay", "rebuild", "members", "--workers", "2", "--events-per-worker", "1")
+    result = run(*args, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["tenant"] is None and str(tenant) not in report["parked"]  # others: tests'
+    assert len(report["events_per_process"]) == 2
+    assert sum(report["events_per_process"]) == report["events"] >= head
+    found = partition(env, tenant)
+    assert found is not None and found["position"] == head
+
+    one = run("replay", "rebuild", "members", "--workers", "1", env=env)
+    assert one.returncode == 0 and "processes" in one.stdout, one.stderr
+    bad = run("replay", "rebuild", "members", "--workers", "0", env=env)
+    assert bad.returncode == 2 and "--workers" in bad.stderr
+
+
 async def test_retry_unparks_a_parked_partition(
     env: dict[str, str], store: EventStore, superuser: asyncpg.Connection
 ) -> None:

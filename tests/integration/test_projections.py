@@ -10,6 +10,7 @@ own schema and its own durable consumer; every test uses fresh tenants.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,11 +41,11 @@ from infra.projector import (
     unpark,
 )
 from infra.publisher import Relay, advance_cursor, publish_events
-from infra.readmodels import ensure_projections, rebuild
+from infra.readmodels import RebuildError, StoreSpec, ensure_projections, rebuild
 from infra.repository import EventRegistry, Repository
 from projections.base import Event, Projection
 from projections.members import MembersProjection
-from tests.conftest import Database
+from tests.conftest import LOG_HOST, Database
 from tests.integration.pipeline import (
     ACTOR,
     DEADLINE,
@@ -834,6 +835,127 @@ async def test_a_rebuild_of_one_tenant_under_concurrent_appends_replaces_only_it
     assert await position(pool, tally, bystander) == bystander_at
     assert await head(pool, bystander) > bystander_at.last_seq
     assert await tally_schemas(pool) == {"proj_t_tally"}
+
+
+# ---- 6b. rebuild in helper processes -----------------------------------------------------
+
+
+class ElsewhereTally(TallyProjection):
+    """The tally, for a rebuild with helper processes. In this process every apply waits
+    until a helper has met the poison event (or crashed on its first event, with
+    ``crash``), which it marks with a file: a helper must do that work."""
+
+    def __init__(
+        self, marker: Path, poison: tuple[UUID, int] | None = None, *, crash: bool = False
+    ) -> None:
+        super().__init__()
+        self.home = os.getpid()
+        self.marker = str(marker)
+        self.poison = poison
+        self.crash = crash
+
+    async def apply(self, conn: asyncpg.Connection, event: Event) -> None:
+        if os.getpid() == self.home:
+            async with asyncio.timeout(DEADLINE):
+                while not os.path.exists(self.marker):
+                    await asyncio.sleep(0.01)
+        elif self.crash:
+            Path(self.marker).touch()
+            raise SimulatedCrash
+        elif (event.tenant_id, event.seq) == self.poison:
+            Path(self.marker).touch()
+            raise ValueError("cannot project this one")
+        await super().apply(conn, event)
+
+
+async def test_a_rebuild_with_helper_processes_swaps_in_the_log_and_parks_their_poison(
+    pool: asyncpg.Pool, store: EventStore, database: Database, master_key: bytes, tmp_path: Path
+) -> None:
+    rng = random.Random(17)
+    tenants = [uuid4() for _ in range(4)]
+    for tenant in tenants:
+        for _ in range(12):
+            await append_tally(store, tenant, rng)
+    # Smaller than every other tenant of this test: this process's only lane waits on a
+    # bigger one (largest first) while a helper builds this one.
+    sick = uuid4()
+    await append_tally(store, sick, rng)
+    poison_seq = await append_tally(store, sick, rng)
+    tally = ElsewhereTally(tmp_path / "met", (sick, poison_seq))
+    live = await project_live(pool, store, TallyProjection(), tenants)
+    for tenant in tenants:
+        await corrupt(pool, tenant)
+
+    report = await rebuild(
+        database.owner_url,
+        pool,
+        store,
+        tally,
+        concurrency=1,
+        workers=3,
+        spec=StoreSpec(database.app_url, master_key, LOG_HOST),
+        events_per_worker=1,
+    )
+
+    assert len(report.per_process) == 3
+    assert sum(report.per_process) == report.events
+    assert sum(report.per_process[1:]) > 0
+    assert sick in report.parked and not set(tenants) & set(report.parked)
+    found = {x.tenant_id: x for x in await partitions(pool, tally.name)}
+    for tenant in tenants:
+        assert (found[tenant].position, found[tenant].parked_seq) == (12, None)
+        assert await tally_model(pool, tenant) == fold_tally(await read_all(store, tenant))
+    assert (found[sick].position, found[sick].parked_seq) == (poison_seq - 1, poison_seq)
+    assert await tally_model(pool, sick) == fold_tally((await read_all(store, sick))[:1])
+    assert await tally_schemas(pool) == {"proj_t_tally"}
+    # The runner goes on from the swapped-in copy.
+    last = await append_tally(store, tenants[0], rng)
+    assert await live.advance(tenants[0], last) == (12, last)
+
+
+async def test_a_rebuild_whose_helper_process_dies_fails_and_leaves_the_live_model(
+    pool: asyncpg.Pool, store: EventStore, database: Database, master_key: bytes, tmp_path: Path
+) -> None:
+    rng = random.Random(19)
+    tenant = uuid4()
+    for _ in range(6):
+        await append_tally(store, tenant, rng)
+    await project_live(pool, store, TallyProjection(), [tenant])
+    await corrupt(pool, tenant)
+    corrupted = await tally_model(pool, tenant)
+    spec = StoreSpec(database.app_url, master_key, LOG_HOST)
+
+    with pytest.raises(RebuildError, match=r"helper process stopped \(exit 1\): SimulatedCrash"):
+        await rebuild(
+            database.owner_url,
+            pool,
+            store,
+            ElsewhereTally(tmp_path / "crashed", crash=True),
+            concurrency=1,
+            workers=2,
+            spec=spec,
+            events_per_worker=1,
+        )
+
+    assert await tally_model(pool, tenant) == corrupted  # the live copy was not touched
+    assert await tally_schemas(pool) == {"proj_t_tally"}
+    # The lock is released: the next rebuild runs, and a few events use no helper.
+    report = await rebuild(database.owner_url, pool, store, TallyProjection(), workers=2, spec=spec)
+    assert report.per_process == [report.events]
+    assert await tally_model(pool, tenant) == fold_tally(await read_all(store, tenant))
+
+
+def test_helper_processes_need_a_store_spec_which_never_prints_its_secrets(
+    database: Database, master_key: bytes
+) -> None:
+    spec = StoreSpec(database.app_url, master_key, LOG_HOST)
+    assert LOG_HOST in repr(spec)
+    assert database.app_url not in repr(spec) and master_key.hex() not in repr(spec)
+    assert repr(master_key) not in repr(spec)
+    with pytest.raises(ValueError, match="StoreSpec"):
+        asyncio.run(
+            rebuild(database.owner_url, None, None, TallyProjection(), workers=2)  # type: ignore[arg-type]
+        )
 
 
 # ---- 7. waiting for a position ----------------------------------------------------------

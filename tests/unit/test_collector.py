@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from infra.runtime import GC_FIRST_GENERATION
+from infra.collector import GC_FIRST_GENERATION
 
 PROBE = """
 import atexit, gc, sys
