@@ -47,7 +47,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from infra import metrics
 from infra.broker import STREAM_NAME, SUBJECT_PREFIX, Broker
 from infra.db import tenant_transaction
-from infra.eventstore import ERASED, EventStore, RecordedEvent
+from infra.eventstore import ERASED, EventStore, EventStoreIntegrityError, RecordedEvent
+from infra.keyring import DecryptionError
 from projections.base import Event, Projection
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,13 @@ POSITION_DDL: Final = """
 """
 
 
+UNREADABLE: Final = (EventStoreIntegrityError, DecryptionError)
+"""An event whose personal data does not open: retrying will not help."""
+
+
 class HandlerFailedError(Exception):
-    """A projector raised for one event; the transaction was rolled back."""
+    """A projector raised for one event, or its personal data did not open; the
+    transaction was rolled back."""
 
     def __init__(self, seq: int, event_type: str, cause: Exception) -> None:
         super().__init__(f"projector failed at seq {seq} ({event_type}): {describe(cause)}")
@@ -259,7 +265,7 @@ class Applier:
             return Page(last, last)
         handles = self.projection.handles
         wanted = [r for r in rows if r["event_type"] in handles]
-        events = await projection_events(self.store, conn, tenant_id, wanted)
+        events = await self._events(conn, tenant_id, wanted)
         if batched and len(events) > 1:
             try:
                 await self.projection.apply_batch(conn, events)
@@ -279,6 +285,23 @@ class Applier:
             self._move, tenant_id, new_last, rows[-1]["recorded_at"], *(notify if self.live else ())
         )
         return Page(last, new_last, first_ts=rows[0]["recorded_at"])
+
+    async def _events(
+        self, conn: asyncpg.Connection, tenant_id: UUID, rows: Sequence[asyncpg.Record]
+    ) -> list[Event]:
+        """The page's events. One whose personal data does not open (altered, missing,
+        under another key) is a poison event like one the projector raises for:
+        :class:`HandlerFailedError` names it (found by opening the page's events one by
+        one), so the partition parks at it instead of failing forever."""
+        try:
+            return await projection_events(self.store, conn, tenant_id, rows)
+        except UNREADABLE:
+            for row in rows:
+                try:
+                    await projection_events(self.store, conn, tenant_id, [row])
+                except UNREADABLE as e:
+                    raise HandlerFailedError(row["seq"], row["event_type"], e) from e
+            raise
 
     async def park(
         self, conn: asyncpg.Connection, tenant_id: UUID, failure: HandlerFailedError, attempts: int

@@ -21,6 +21,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import msgspec
+import orjson
 import pytest
 
 from domain.errors import UnavailableError
@@ -28,7 +29,13 @@ from domain.member import Member
 from infra.broker import Broker, subject_for
 from infra.db import tenant_transaction
 from infra.embedded import EmbeddedNats
-from infra.eventstore import Committed, EventStore, NewEvent, RecordedEvent
+from infra.eventstore import (
+    Committed,
+    EventStore,
+    EventStoreIntegrityError,
+    NewEvent,
+    RecordedEvent,
+)
 from infra.keyring import Keyring
 from infra.positions import PositionTimeoutError, PositionWaiter
 from infra.projector import (
@@ -544,6 +551,43 @@ async def test_a_poison_event_parks_only_its_tenant_until_it_is_unparked(
         )
         assert await applied(pool, projection, sick) == exactly_once(sick_last)
         assert projection.poison_calls == 3
+
+
+async def test_an_event_whose_personal_data_does_not_open_is_a_poison_event(
+    pool: asyncpg.Pool, store: EventStore, database: Database, superuser: asyncpg.Connection
+) -> None:
+    tenant = uuid4()
+    await append_probes(store, tenant, 3)
+    bad = await append_probe(store, tenant)
+    await append_probes(store, tenant, 2)
+    leaf = orjson.loads((await read_all(store, tenant))[bad - 1].leaf)
+    async with superuser.transaction():  # a rogue DBA: triggers off for this transaction
+        await superuser.execute("SET LOCAL session_replication_role = replica")
+        altered = await superuser.execute(
+            "UPDATE pii_value SET ciphertext = ciphertext || '\\x00'::bytea "
+            "WHERE tenant_id = $1 AND value_hash = $2",
+            tenant,
+            bytes.fromhex(leaf["pii"]["email"]),
+        )
+    assert altered == "UPDATE 1"
+    projection = PoisonApplied(None)
+    runner = ProjectionRunner(pool, store, Broker("nats://127.0.0.1:1"), projection)
+
+    # The runner: the events before it are applied, the failure names it (then it is
+    # retried and parked as any poison event).
+    with pytest.raises(HandlerFailedError) as failed:
+        await runner.advance(tenant, bad + 2)
+    assert (failed.value.seq, failed.value.event_type) == (bad, PROBE)
+    assert isinstance(failed.value.cause, EventStoreIntegrityError)
+    assert await position(pool, projection, tenant) == Position(bad - 1, None, None)
+
+    # A rebuild parks the tenant at it rather than failing.
+    report = await rebuild(database.owner_url, pool, store, projection, tenant_id=tenant)
+    assert report.parked == [tenant] and report.events == bad - 1
+    at = await position(pool, projection, tenant)
+    assert (at.last_seq, at.parked_seq) == (bad - 1, bad)
+    assert at.parked_error is not None and at.parked_error.startswith("EventStoreIntegrityError")
+    assert await applied(pool, projection, tenant) == exactly_once(bad - 1)
 
 
 # ---- 5b. batches ------------------------------------------------------------------------
