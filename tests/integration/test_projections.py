@@ -580,6 +580,12 @@ async def test_an_event_whose_personal_data_does_not_open_is_a_poison_event(
     assert (failed.value.seq, failed.value.event_type) == (bad, PROBE)
     assert isinstance(failed.value.cause, EventStoreIntegrityError)
     assert await position(pool, projection, tenant) == Position(bad - 1, None, None)
+    async with tenant_transaction(pool, tenant, readonly=True) as conn:
+        assert await conn.fetchval(  # the time of the event the position names
+            "SELECT p.last_ts = l.recorded_at FROM proj_t_poison.position p JOIN event_log l "
+            "ON l.tenant_id = p.tenant_id AND l.seq = p.last_seq WHERE p.tenant_id = $1",
+            tenant,
+        )
 
     # A rebuild parks the tenant at it rather than failing.
     report = await rebuild(database.owner_url, pool, store, projection, tenant_id=tenant)
