@@ -219,8 +219,8 @@ async def rebuild(
     ``concurrency`` tenants at a time in each process; up to ``workers`` processes (one
     per ``events_per_worker`` events, helpers need ``spec``), for every tenant only.
     """
-    if workers < 1 or concurrency < 1:
-        raise ValueError("workers and concurrency are at least 1")
+    if min(workers, concurrency, events_per_worker) < 1:
+        raise ValueError("workers, concurrency and events_per_worker are at least 1")
     if workers > 1 and spec is None:
         raise ValueError("helper processes need the StoreSpec to open the store")
     started = time.perf_counter()

@@ -1006,6 +1006,11 @@ def test_helper_processes_need_a_store_spec_which_never_prints_its_secrets(
         asyncio.run(
             rebuild(database.owner_url, None, None, TallyProjection(), workers=2)  # type: ignore[arg-type]
         )
+    for wrong in ({"workers": 0}, {"concurrency": 0}, {"events_per_worker": 0}):
+        with pytest.raises(ValueError, match="at least 1"):
+            asyncio.run(
+                rebuild(database.owner_url, None, None, TallyProjection(), spec=spec, **wrong)  # type: ignore[arg-type]
+            )
 
 
 # ---- 7. waiting for a position ----------------------------------------------------------
