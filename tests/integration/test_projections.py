@@ -963,6 +963,51 @@ async def test_a_rebuild_with_helper_processes_swaps_in_the_log_and_parks_their_
     assert await live.advance(tenants[0], last) == (12, last)
 
 
+async def test_a_rebuild_with_helper_processes_under_appends_swaps_in_the_log_to_its_position(
+    pool: asyncpg.Pool, store: EventStore, database: Database, master_key: bytes
+) -> None:
+    rng = random.Random(23)
+    tenants = [uuid4() for _ in range(3)]
+    for tenant in tenants:
+        for _ in range(8):
+            await append_tally(store, tenant, rng)
+    started = {t: await head(pool, t) for t in tenants}
+    stop = asyncio.Event()
+    appended = 0
+
+    async def keep_appending() -> None:
+        nonlocal appended
+        while not stop.is_set():
+            for tenant in tenants:
+                await append_tally(store, tenant, rng)
+                appended += 1
+            await asyncio.sleep(0.002)
+
+    writer = asyncio.create_task(keep_appending())
+    try:
+        report = await rebuild(
+            database.owner_url,
+            pool,
+            store,
+            TallyProjection(),
+            concurrency=2,
+            workers=2,
+            spec=StoreSpec(database.app_url, master_key, LOG_HOST),
+            events_per_worker=1,
+        )
+    finally:
+        stop.set()
+        await writer
+    assert appended > 0 and len(report.per_process) == 2
+    found = {x.tenant_id: x for x in await partitions(pool, "t_tally")}
+    for tenant in tenants:
+        at = found[tenant].position
+        assert at >= started[tenant] and found[tenant].parked_seq is None
+        log = await read_all(store, tenant)
+        assert await tally_model(pool, tenant) == fold_tally(log[:at])  # exactly its position
+    assert await tally_schemas(pool) == {"proj_t_tally"}
+
+
 async def test_a_rebuild_whose_helper_process_dies_fails_and_leaves_the_live_model(
     pool: asyncpg.Pool, store: EventStore, database: Database, master_key: bytes, tmp_path: Path
 ) -> None:
