@@ -33,6 +33,12 @@ class DecryptionError(KeyringError):
     """A sealed value does not open: wrong key, wrong place, or tampered."""
 
 
+class TenantKeyError(DecryptionError):
+    """A tenant's key does not open under the master key (or is missing): the master
+    key is wrong, or the tenant's key row was altered. Every sealed value of the tenant
+    is out of reach, not one."""
+
+
 class Cipher:
     """AES-256-GCM under one key: set up once (that costs about as much as sealing a
     short value), then seal and open many values."""
@@ -154,13 +160,19 @@ class Keyring:
             version,
         )
         if wrapped is None:
-            raise DecryptionError(f"tenant key version {version} is missing")
+            raise TenantKeyError(f"tenant {tenant_id}: key version {version} is missing")
         return self._unwrap_tenant_key(tenant_id, version, wrapped)
 
     def _unwrap_tenant_key(self, tenant_id: UUID, version: int, wrapped: bytes) -> bytes:
         cached = self._tenant_keys.get((tenant_id, version))
         if cached is None:
-            cached = open_sealed(self._master, wrapped, _aad(tenant_id, "tenant-key", version))
+            try:
+                cached = open_sealed(self._master, wrapped, _aad(tenant_id, "tenant-key", version))
+            except DecryptionError:
+                raise TenantKeyError(
+                    f"tenant {tenant_id}: key version {version} does not open under the "
+                    "master key (a wrong master key, or the key's row altered)"
+                ) from None
             self._tenant_keys[(tenant_id, version)] = cached
         return cached
 

@@ -48,7 +48,7 @@ from infra import metrics
 from infra.broker import STREAM_NAME, SUBJECT_PREFIX, Broker
 from infra.db import tenant_transaction
 from infra.eventstore import ERASED, EventStore, EventStoreIntegrityError, RecordedEvent
-from infra.keyring import DecryptionError
+from infra.keyring import DecryptionError, TenantKeyError
 from projections.base import Event, Projection
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,9 @@ POSITION_DDL: Final = """
 
 
 UNREADABLE: Final = (EventStoreIntegrityError, DecryptionError)
-"""An event whose personal data does not open: retrying will not help."""
+"""An event whose personal data does not open: retrying will not help. Except a
+:class:`TenantKeyError` (a subclass): every event of the tenant fails then, usually
+because the master key is wrong, and fixing that must not find partitions parked."""
 
 
 class HandlerFailedError(Exception):
@@ -297,10 +299,14 @@ class Applier:
         one), so the partition parks at it instead of failing forever."""
         try:
             return await projection_events(self.store, conn, tenant_id, rows)
+        except TenantKeyError:
+            raise  # not this event's: transient for the runner, fatal for a rebuild
         except UNREADABLE:
             for row in rows:
                 try:
                     await projection_events(self.store, conn, tenant_id, [row])
+                except TenantKeyError:
+                    raise
                 except UNREADABLE as e:
                     raise HandlerFailedError(row["seq"], row["event_type"], e) from e
             raise

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import os
 import pickle
 import secrets
@@ -41,6 +42,7 @@ import msgspec
 
 from infra.db import APP_ROLE, SERVER_SETTINGS, set_tenant, tenant_transaction
 from infra.eventstore import EventStore
+from infra.keyring import TenantKeyError
 from infra.projector import (
     NOTIFY_CHANNEL,
     POSITION_DDL,
@@ -50,6 +52,8 @@ from infra.projector import (
     describe,
 )
 from projections.base import Projection
+
+log = logging.getLogger(__name__)
 
 PAGE = 1000
 EVENTS_PER_WORKER = 20_000
@@ -172,6 +176,16 @@ async def ensure_projections(owner_url: str, projections: Sequence[Projection]) 
     return report
 
 
+def default_workers() -> int:
+    """The CPUs this process may run on (its affinity, where the OS says), at most 4:
+    each process holds ``concurrency`` connections of its own."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
 @dataclass(frozen=True, slots=True)
 class StoreSpec:
     """How a helper process of a rebuild opens the event store: the app role's URL, the
@@ -221,7 +235,7 @@ async def rebuild(
     """
     if min(workers, concurrency, events_per_worker) < 1:
         raise ValueError("workers, concurrency and events_per_worker are at least 1")
-    if workers > 1 and spec is None:
+    if workers > 1 and tenant_id is None and spec is None:
         raise ValueError("helper processes need the StoreSpec to open the store")
     started = time.perf_counter()
     shadow = f"{projection.schema}__rebuild"
@@ -249,7 +263,8 @@ async def rebuild(
         total = sum(heads.values())
         built = _Built(total, progress)
         parked: set[UUID] = set()
-        helpers = 0 if tenant_id is not None else min(workers, total // events_per_worker) - 1
+        processes = min(workers, total // events_per_worker, len(heads))
+        helpers = 0 if tenant_id is not None else processes - 1
         async with AsyncExitStack() as stack:
             if helpers > 0:
                 assert spec is not None
@@ -260,17 +275,19 @@ async def rebuild(
             else:
                 others = []
             # Appends continue meanwhile: close most of the gap outside the lock.
+            todo = dict(heads)
             for _ in range(3):
-                todo = [(t, size) for t, size in heads.items() if t not in parked]
-                queue = deque(sorted(todo, key=lambda h: h[1], reverse=True))
+                ready = [(t, size) for t, size in todo.items() if t not in parked]
+                queue = deque(sorted(ready, key=lambda h: h[1], reverse=True))
                 lanes = [_Lane(pool, applier, built, parked) for _ in range(concurrency)]
                 await _drain(queue, [lane.drain for lane in lanes + others])
                 fresh = await _heads(owner, tenant_id)
-                if sum(fresh.values()) - sum(heads.values()) < PAGE:
-                    heads = fresh
-                    break
-                built.total += sum(fresh.values()) - sum(heads.values())
+                grown = sum(fresh.values()) - sum(heads.values())
+                todo = {t: size for t, size in fresh.items() if size > heads.get(t, 0)}
                 heads = fresh
+                if grown < PAGE:
+                    break
+                built.total += grown
         elsewhere = [helper.built for helper in others]
         async with owner.transaction():
             if tenant_id is None:
@@ -287,6 +304,8 @@ async def rebuild(
             sorted(parked),
             [built.done - sum(elsewhere), *elsewhere],
         )
+    except TenantKeyError as e:  # in this process; a helper's ends as a RebuildError
+        raise RebuildError(f"{e}; nothing was swapped in") from None
     finally:
         try:
             await owner.execute(f'DROP SCHEMA IF EXISTS "{shadow}" CASCADE')
@@ -406,16 +425,23 @@ class _Helper:
         self._concurrency = concurrency
         self._built = built
         self._parked = parked
-        self._ready = False
-        self._errors: deque[str] = deque(maxlen=20)
-        self._stderr = asyncio.ensure_future(self._collect_errors())
+        self._started = False
+        self._gone = False
+        """It stopped before taking any tenant: the others go on without it."""
+        self._stderr_tail = bytearray()
+        self._stderr = asyncio.ensure_future(self._collect_stderr())
         self.built = 0
 
     @classmethod
-    async def start(cls, setup: _HelperSetup, built: _Built, parked: set[UUID]) -> _Helper:
+    async def start(
+        cls, setup: bytes, concurrency: int, built: _Built, parked: set[UUID]
+    ) -> _Helper:
+        # -P: never import from the working directory (it gets the master key); the
+        # parent's own path instead, where the projection's module was found.
         paths = [p or os.getcwd() for p in sys.path]
         process = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",
             "-m",
             "infra.rebuild_worker",
             stdin=asyncio.subprocess.PIPE,
@@ -423,26 +449,37 @@ class _Helper:
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
         )
-        helper = cls(process, setup.concurrency, built, parked)
-        helper._send(base64.b64encode(pickle.dumps(setup)).decode())
+        try:
+            helper = cls(process, concurrency, built, parked)
+            helper._send(setup.decode())
+        except BaseException:
+            process.kill()
+            await process.wait()
+            raise
         return helper
 
     def _send(self, line: str) -> None:
         assert self._process.stdin is not None
         self._process.stdin.write(line.encode() + b"\n")
 
-    async def _collect_errors(self) -> None:
+    async def _collect_stderr(self) -> None:
+        """Keep the end of what it writes on standard error (never blocking it)."""
         assert self._process.stderr is not None
-        while line := await self._process.stderr.readline():
-            self._errors.append(line.decode(errors="replace").rstrip())
+        while chunk := await self._process.stderr.read(1 << 16):
+            self._stderr_tail += chunk
+            del self._stderr_tail[:-8192]
+
+    async def _last_words(self) -> str:
+        await self._process.wait()
+        await asyncio.gather(self._stderr, return_exceptions=True)
+        lines = self._stderr_tail.decode(errors="replace").splitlines()
+        return next((line for line in reversed(lines) if line.strip()), "no message")
 
     async def _receive(self) -> list[str]:
         assert self._process.stdout is not None
         line = await self._process.stdout.readline()
         if not line:
-            await self._process.wait()
-            await self._stderr
-            last = next((e for e in reversed(self._errors) if e.strip()), "no message")
+            last = await self._last_words()
             raise RebuildError(
                 f"a rebuild helper process stopped (exit {self._process.returncode}): {last}"
             )
@@ -450,10 +487,18 @@ class _Helper:
 
     async def drain(self, queue: deque[tuple[UUID, int]]) -> None:
         """Take tenants from the queue (once this process is up) until it is empty."""
-        if not self._ready and queue:
-            if await self._receive() != ["ready"]:
+        if self._gone:
+            return
+        if not self._started and queue:
+            try:
+                said = await self._receive()
+            except RebuildError as e:  # no tenant was sent to it: safe to go on without
+                log.warning("%s; the rebuild goes on without it", e)
+                self._gone = True
+                return
+            if said != ["ready"]:
                 raise RebuildError("a rebuild helper process did not start as expected")
-            self._ready = True
+            self._started = True
         outstanding = 0
         while True:
             while outstanding < self._concurrency and queue:
@@ -463,31 +508,37 @@ class _Helper:
             if outstanding == 0:
                 return
             match await self._receive():
-                case ["p", done]:
+                case ["p", done] if done.isdigit():
                     self._built.add(int(done) - self.built)
                     self.built = int(done)
-                case ["d", tenant, was_parked]:
+                case ["d", tenant, "0" | "1" as was_parked]:
                     outstanding -= 1
                     if was_parked == "1":
                         self._parked.add(UUID(tenant))
-                case other:
-                    raise RebuildError(f"a rebuild helper process said {' '.join(other)!r}")
+                case _:
+                    raise RebuildError("a rebuild helper process broke the protocol")
 
-    async def close(self, *, failed: bool) -> None:
-        """End of input: the process stops (killed if ``failed``)."""
+    def stop(self, *, failed: bool) -> None:
+        """End of input (it finishes and exits), or a kill if ``failed``."""
         process = self._process
-        if failed and process.returncode is None:
+        if process.returncode is not None:
+            return
+        if failed:
             process.kill()
         elif process.stdin is not None and not process.stdin.is_closing():
             process.stdin.close()
+
+    async def stopped(self) -> None:
+        """Wait for it to exit (killed after 30 s); a RebuildError if it failed."""
+        process = self._process
         try:
             async with asyncio.timeout(30):
                 await process.wait()
         except TimeoutError:
             process.kill()
             await process.wait()
-        self._stderr.cancel()
-        if process.returncode != 0 and not failed:
+        await asyncio.gather(self._stderr, return_exceptions=True)
+        if process.returncode != 0 and not self._gone:
             raise RebuildError(f"a rebuild helper process ended with exit {process.returncode}")
 
 
@@ -495,20 +546,27 @@ class _Helper:
 async def _helper_processes(
     setup: _HelperSetup, count: int, built: _Built, parked: set[UUID]
 ) -> AsyncIterator[list[_Helper]]:
+    """Start ``count`` helpers; on the way out every one is stopped and waited for, even
+    when this is cancelled meanwhile."""
+    pickled = base64.b64encode(pickle.dumps(setup))  # before any process: it may fail
     helpers: list[_Helper] = []
     failed = True
     try:
         for _ in range(count):
-            helpers.append(await _Helper.start(setup, built, parked))
+            helpers.append(await _Helper.start(pickled, setup.concurrency, built, parked))
         yield helpers
         failed = False
     finally:
-        errors = []
-        for helper in helpers:  # every one, even after one failed
-            try:
-                await helper.close(failed=failed)
-            except RebuildError as e:
-                errors.append(e)
+        for helper in helpers:
+            helper.stop(failed=failed)
+        waiting = asyncio.gather(*(h.stopped() for h in helpers), return_exceptions=True)
+        try:
+            outcomes = await asyncio.shield(waiting)
+        except BaseException:
+            for helper in helpers:
+                helper.stop(failed=True)
+            raise
+        errors = [e for e in outcomes if isinstance(e, BaseException)]
         if errors and not failed:
             raise errors[0]
 

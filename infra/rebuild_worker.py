@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import pickle
 import sys
 import traceback
+from collections.abc import Callable
 from uuid import UUID
 
 from infra.collector import tune_collector
@@ -25,13 +27,23 @@ from infra.keyring import Keyring
 from infra.projector import Applier
 from infra.readmodels import _build_tenant, _Built, _HelperSetup, _pooled
 
-
-def _say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+Say = Callable[[str], None]
 
 
-async def _serve() -> None:
+def _answers() -> Say:
+    """The answers to the parent, on a descriptor of their own: standard output now
+    points at standard error, so a print() anywhere in this process cannot break them."""
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+
+    def say(line: str) -> None:
+        answers.write(line + "\n")
+        answers.flush()
+
+    return say
+
+
+async def _serve(say: Say) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 24)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -44,15 +56,15 @@ async def _serve() -> None:
         keyring = Keyring(setup.spec.master_key)
         store = EventStore(pool, keyring, log_host=setup.spec.log_host)
         applier = Applier(store, setup.projection, schema=setup.schema)
-        built = _Built(0, lambda done, _total: _say(f"p {done}"))
+        built = _Built(0, lambda done, _total: say(f"p {done}"))
 
         async def build(tenant_id: UUID, size: int) -> None:
             parked: set[UUID] = set()
             transactions = _pooled(pool, tenant_id)
             await _build_tenant(transactions, applier, tenant_id, size, built, parked)
-            _say(f"d {tenant_id} {int(tenant_id in parked)}")
+            say(f"d {tenant_id} {int(tenant_id in parked)}")
 
-        _say("ready")
+        say("ready")
         async with asyncio.TaskGroup() as tasks:
             while line := await reader.readline():
                 tenant, size = line.decode().split()
@@ -68,9 +80,10 @@ def _innermost(error: BaseException) -> BaseException:
 
 
 def main() -> None:
+    say = _answers()
     tune_collector()
     try:
-        asyncio.run(_serve())
+        asyncio.run(_serve(say))
     except BaseException as e:
         traceback.print_exc()
         cause = _innermost(e)

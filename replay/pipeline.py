@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +30,14 @@ from infra.eventstore import EventStore
 from infra.keyring import Keyring, load_or_create_dev_master_key
 from infra.local import database_urls, read_run_info
 from infra.projector import Partition, partitions, unpark
-from infra.readmodels import EVENTS_PER_WORKER, RebuildReport, StoreSpec, ddl_sha256, rebuild
+from infra.readmodels import (
+    EVENTS_PER_WORKER,
+    RebuildReport,
+    StoreSpec,
+    ddl_sha256,
+    default_workers,
+    rebuild,
+)
 from infra.runtime import Endpoints, Runtime, Workers
 from infra.settings import Settings
 from projections import ALL as ALL_PROJECTIONS
@@ -337,8 +343,8 @@ def replay_group() -> None:
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
-    default=min(os.cpu_count() or 1, 8),
-    show_default="the CPUs, at most 8",
+    default=default_workers(),
+    show_default="the CPUs, at most 4",
     help="Processes that build tenants, this one included (all tenants only).",
 )
 @click.option(

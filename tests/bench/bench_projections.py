@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import secrets
 import time
 from collections import deque
@@ -67,7 +66,7 @@ from infra.eventstore import Actor, Committed, EventStore
 from infra.keyring import Keyring
 from infra.projector import NOTIFY_CHANNEL, ProjectionRunner, partitions
 from infra.publisher import Relay, headers_for
-from infra.readmodels import StoreSpec, rebuild
+from infra.readmodels import StoreSpec, default_workers, rebuild
 from infra.repository import EventRegistry, Repository
 from infra.runtime import Endpoints, Runtime, Workers
 from infra.settings import Settings
@@ -85,7 +84,7 @@ EVENTS_PER_MEMBER = 4  # invited (personal e-mail), role changed, deactivated, r
 MEMBERS_PER_COMMAND = 250  # 1,000 events: the most one command may hold
 BUILD_CONCURRENCY = 4
 REBUILD_CONCURRENCY = 4  # what ``rebuild`` uses
-REBUILD_WORKERS = min(os.cpu_count() or 1, 8)  # what ``strongroom replay rebuild`` uses
+REBUILD_WORKERS = default_workers()  # what ``strongroom replay rebuild`` uses
 PAGE = 1000
 MEMBERS = MembersProjection()
 REGISTRY = EventRegistry([Member])
