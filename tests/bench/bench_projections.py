@@ -529,6 +529,7 @@ async def rebuild_members(
     master_key: bytes,
 ) -> RowResult:
     errors: list[BaseException] = []
+    notes: list[str] = []
     events = 0
     spec = StoreSpec(db.app_url, master_key, LOG_HOST)
     started = time.perf_counter()
@@ -537,6 +538,9 @@ async def rebuild_members(
             db.owner_url, stack.pool, stack.store, MEMBERS, workers=REBUILD_WORKERS, spec=spec
         )
         events = report.events
+        notes.append(
+            "events built per process: " + " + ".join(f"{n:,}" for n in report.per_process)
+        )
         if report.parked:
             errors.append(RuntimeError(f"{len(report.parked)} tenants parked"))
     except Exception as e:
@@ -560,7 +564,7 @@ async def rebuild_members(
         )
     if not errors and events != sum(p.head for p in heads):
         problems.append(f"rebuilt {events} events, the logs hold {sum(p.head for p in heads)}")
-    return RowResult(SPECS["8"], _measured(events, seconds, errors), problems)
+    return RowResult(SPECS["8"], _measured(events, seconds, errors), problems, notes)
 
 
 async def _owner_execute(db: BenchDatabase, sql: str) -> None:
