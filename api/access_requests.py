@@ -23,6 +23,7 @@ from api.schemas import (
     AccessRequestPage,
     AccessRequestSubmit,
     AccessRequestView,
+    ApprovalKeyRotatedView,
     ApprovalKeyView,
     DecisionBody,
     DecisionView,
@@ -41,7 +42,7 @@ from domain.access import (
 )
 from domain.errors import NotFoundError
 from domain.permissions import Permission
-from infra.access import public_key_pem, verify_decision
+from infra.access import ApprovalKey, public_key_pem, verify_decision
 from infra.identity import Principal
 from infra.runtime import Runtime
 from projections.access import (
@@ -60,6 +61,17 @@ _PROJECTION = AccessProjection.name
 Limit = Annotated[int, QueryParameter(ge=1, le=500)]
 Resource = Annotated[str, QueryParameter(min_length=1, max_length=500)]
 RequestStatusName = Literal["pending", "rejected", "withdrawn", "executed"]
+
+
+def _key_view(key: ApprovalKey) -> ApprovalKeyView:
+    return ApprovalKeyView(
+        key_id=key.key_id,
+        algorithm="Ed25519",
+        public_key=_b64(key.public_key),
+        public_key_pem=public_key_pem(key.public_key),
+        created_at=key.created_at,
+        retired_at=key.retired_at,
+    )
 
 
 def _b64(raw: bytes) -> str:
@@ -220,17 +232,23 @@ class AccessPolicyController(Controller):
     async def approval_keys(self, request: Request[Any, Any, Any]) -> list[ApprovalKeyView]:
         runtime, principal = _context(request)
         keys = await runtime.access.keys.published(principal.tenant_id)
-        return [
-            ApprovalKeyView(
-                key_id=k.key_id,
-                algorithm="Ed25519",
-                public_key=_b64(k.public_key),
-                public_key_pem=public_key_pem(k.public_key),
-                created_at=k.created_at,
-                retired_at=k.retired_at,
-            )
-            for k in keys
-        ]
+        return [_key_view(k) for k in keys]
+
+    @post(
+        "/approval-keys/rotation",
+        operation_id="rotateApprovalKey",
+        summary="Retire the approval key in use and make a new one; what the old key signed "
+        "still verifies with its published public key (needs a recent authentication)",
+        opt=requires(Permission.TENANT_MANAGE, step_up=True),
+        status_code=200,
+    )
+    async def rotate_approval_key(
+        self, request: Request[Any, Any, Any]
+    ) -> Response[ApprovalKeyRotatedView]:
+        runtime, principal = _context(request)
+        rotated = await runtime.access.keys.rotate(principal.tenant_id, principal.actor)
+        view = ApprovalKeyRotatedView(key=_key_view(rotated.key), retired_key_id=rotated.retired)
+        return positioned(view, rotated.position)
 
 
 class AccessRequestController(Controller):

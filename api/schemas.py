@@ -254,6 +254,14 @@ class ApprovalKeyView(Body):
     retired_at: datetime | None
 
 
+class ApprovalKeyRotatedView(Body):
+    key: ApprovalKeyView
+    """The key that signs from now on."""
+    retired_key_id: str | None
+    """The key it replaces, still listed (with its ``retired_at``) to verify what it
+    signed; None when the tenant had no key yet."""
+
+
 class AccessRequestSubmit(Request):
     connector_id: UUID
     resource: Resource

@@ -54,7 +54,14 @@ from domain.connector import Connector, ConnectorStatus
 from domain.errors import ConflictError, InvalidError, NotFoundError
 from domain.permissions import PermissionDeniedError
 from infra.db import tenant_transaction
-from infra.eventstore import Actor, ConcurrencyError, Effect, EventStore, NewEvent
+from infra.eventstore import (
+    Actor,
+    AppendResult,
+    ConcurrencyError,
+    Effect,
+    EventStore,
+    NewEvent,
+)
 from infra.identity import Clock, Principal, Written, position_of, utc_now
 from infra.keyring import Keyring, object_aad, open_sealed, seal
 from infra.repository import EventRegistry, Repository
@@ -62,6 +69,7 @@ from infra.repository import EventRegistry, Repository
 log = logging.getLogger(__name__)
 
 APPROVAL_KEY_CREATED = "approval_key.created"
+APPROVAL_KEY_RETIRED = "approval_key.retired"
 EXPIRY_ACTOR = Actor("system", "grant-expiry")
 DECISION_ATTEMPTS = 3
 """A decision saved while another decision on the same request landed is redone on the
@@ -100,6 +108,18 @@ class ApprovalKey:
 
 class _KeyRace(Exception):
     """Another process made the tenant's approval key first."""
+
+
+class _RetiredKey(Exception):
+    """The key this process signed with was retired meanwhile (by another process)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotated:
+    key: ApprovalKey
+    retired: str | None
+    """The key id it replaces (None: the tenant had none yet)."""
+    position: int
 
 
 class ApprovalKeys:
@@ -150,6 +170,44 @@ class ApprovalKeys:
         return row["key_id"], Ed25519PrivateKey.from_private_bytes(raw)
 
     async def _create(self, tenant_id: UUID) -> tuple[str, Ed25519PrivateKey]:
+        key_id, private, _, _ = await self._make(
+            tenant_id, retiring=None, actor=Actor("system", "approval-keys")
+        )
+        return key_id, private
+
+    async def rotate(self, tenant_id: UUID, actor: Actor) -> KeyRotated:
+        """Retire the key in use (its public half stays published: what it signed still
+        verifies) and make a new one, in one append. A decision signed meanwhile by any
+        process with the old key is not saved: ``decide`` signs it again."""
+        async with tenant_transaction(self._pool, tenant_id, readonly=True) as conn:
+            retiring = await conn.fetchval(
+                "SELECT key_id FROM approval_key WHERE tenant_id = $1 AND retired_at IS NULL",
+                tenant_id,
+            )
+            version = await conn.fetchval(
+                "SELECT max(stream_version) FROM event_log WHERE tenant_id = $1 AND stream_id = $2",
+                tenant_id,
+                approval_key_stream(tenant_id),
+            )
+        try:
+            key_id, private, result, created_at = await self._make(
+                tenant_id, retiring=retiring, actor=actor, stream_version=version
+            )
+        except _KeyRace:  # the first key, made meanwhile by a decision
+            raise ConflictError("the approval key was made meanwhile; try again") from None
+        self._signers[tenant_id] = (key_id, private)
+        public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        key = ApprovalKey(key_id, public, created_at, None)
+        return KeyRotated(key, retiring, result.last_seq)
+
+    async def _make(
+        self,
+        tenant_id: UUID,
+        *,
+        retiring: str | None,
+        actor: Actor,
+        stream_version: int | None = None,
+    ) -> tuple[str, Ed25519PrivateKey, AppendResult, datetime]:
         private = Ed25519PrivateKey.generate()
         public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         key_id = approval_key_id(public)
@@ -160,6 +218,16 @@ class ApprovalKeys:
         now = self._clock()
 
         async def effect(conn: asyncpg.Connection) -> None:
+            if retiring is not None:
+                status = await conn.execute(
+                    "UPDATE approval_key SET retired_at = $3 "
+                    "WHERE tenant_id = $1 AND key_id = $2 AND retired_at IS NULL",
+                    tenant_id,
+                    retiring,
+                    now,
+                )
+                if status != "UPDATE 1":
+                    raise ConflictError("the approval key was rotated meanwhile; try again")
             try:
                 await conn.execute(
                     "INSERT INTO approval_key (tenant_id, key_id, public_key, sealed_private, "
@@ -172,29 +240,55 @@ class ApprovalKeys:
                     now,
                 )
             except asyncpg.UniqueViolationError:
+                if retiring is not None:
+                    raise ConflictError("the approval key was made meanwhile; try again") from None
                 raise _KeyRace from None
 
         stream = approval_key_stream(tenant_id)
-        await self._store.append(
+        events = [
+            NewEvent(
+                stream=stream,
+                type=APPROVAL_KEY_CREATED,
+                data={
+                    "key_id": key_id,
+                    "algorithm": "Ed25519",
+                    "public_key": base64.b64encode(public).decode(),
+                    "created_at": now.isoformat(),
+                },
+            )
+        ]
+        if retiring is not None:
+            retired = {"key_id": retiring, "retired_at": now.isoformat(), "successor": key_id}
+            events.insert(0, NewEvent(stream=stream, type=APPROVAL_KEY_RETIRED, data=retired))
+        try:
+            result = await self._store.append(
+                tenant_id,
+                events,
+                # A concurrent rotation or first key fails here (409) or in the effect.
+                expected={stream: stream_version},
+                command_id=uuid4(),
+                actor=actor,
+                effect=effect,
+            )
+        except ConcurrencyError:
+            if stream_version is None and retiring is None:
+                raise _KeyRace from None  # the first key, made by another process
+            raise
+        return key_id, private, result, now
+
+    async def still_in_use(self, conn: asyncpg.Connection, tenant_id: UUID, key_id: str) -> None:
+        """In the transaction that records a decision: the key it was signed with is the
+        one in use, and stays so until commit (a rotation waits). Else :class:`_RetiredKey`
+        and this process forgets its signer."""
+        in_use = await conn.fetchval(
+            "SELECT true FROM approval_key WHERE tenant_id = $1 AND key_id = $2 "
+            "AND retired_at IS NULL FOR SHARE",
             tenant_id,
-            [
-                NewEvent(
-                    stream=stream,
-                    type=APPROVAL_KEY_CREATED,
-                    data={
-                        "key_id": key_id,
-                        "algorithm": "Ed25519",
-                        "public_key": base64.b64encode(public).decode(),
-                        "created_at": now.isoformat(),
-                    },
-                )
-            ],
-            expected={stream: None},
-            command_id=uuid4(),
-            actor=Actor("system", "approval-keys"),
-            effect=effect,
+            key_id,
         )
-        return key_id, private
+        if not in_use:
+            self._signers.pop(tenant_id, None)
+            raise _RetiredKey
 
     async def published(self, tenant_id: UUID) -> list[ApprovalKey]:
         async with tenant_transaction(self._pool, tenant_id, readonly=True) as conn:
@@ -394,13 +488,25 @@ class AccessService:
                 now=now,
                 **({} if approval_id is None else {"approval_id": approval_id}),
             )
+
+            async def signed_in_use(conn: asyncpg.Connection, key_id: str = key_id) -> None:
+                await self.keys.still_in_use(conn, principal.tenant_id, key_id)
+
             try:
                 result = await self.repository.save(
-                    principal.tenant_id, request, command_id=uuid4(), actor=principal.actor
+                    principal.tenant_id,
+                    request,
+                    command_id=uuid4(),
+                    actor=principal.actor,
+                    effect=signed_in_use,
                 )
             except ConcurrencyError:
                 if attempt + 1 == DECISION_ATTEMPTS:
                     raise
+                continue
+            except _RetiredKey:  # rotated by another process: sign again with the new key
+                if attempt + 1 == DECISION_ATTEMPTS:
+                    raise ConflictError("the approval key was just rotated; try again") from None
                 continue
             return Decided(
                 request_id=request_id,

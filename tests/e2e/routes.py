@@ -652,6 +652,14 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/access/policy", 200, _as_is, P.REQUESTS_READ),
     Route("PUT", "/v1/access/policy", 200, _access_policy, P.TENANT_MANAGE, step_up=True),
     Route("GET", "/v1/access/approval-keys", 200, _as_is, P.REQUESTS_READ),
+    Route(
+        "POST",
+        "/v1/access/approval-keys/rotation",
+        200,
+        _tenant_key_rotation,  # a fresh session, no body
+        P.TENANT_MANAGE,
+        step_up=True,
+    ),
     Route("POST", "/v1/access-requests", 201, _new_request, P.REQUESTS_SUBMIT),
     Route("GET", "/v1/access-requests", 200, _as_is, P.REQUESTS_READ),
     Route("GET", "/v1/access-requests/mine", 200, _as_is, P.REQUESTS_SUBMIT),

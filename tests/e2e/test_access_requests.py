@@ -19,7 +19,12 @@ import pytest
 from api.positions import MIN_POSITION
 from domain.connector import Connector
 from domain.roles import Role
-from infra.access import AccessService, GrantExpiry
+from infra.access import (
+    AccessService,
+    GrantExpiry,
+    approval_key_stream,
+    verify_decision,
+)
 from infra.eventstore import Actor, EventStore
 from infra.keyring import Keyring
 from infra.repository import EventRegistry, Repository
@@ -712,3 +717,78 @@ async def test_two_approvers_deciding_at_once_both_count(
     assert (await execute(api, requester, request["request_id"])).status_code == 201
     events = await log_events(database, world.tenant_id, f"access_request-{request['request_id']}")
     assert [e["event_type"] for e in events].count("access_request.approved") == 2
+
+
+# ---- rotating the approval key ------------------------------------------------------------
+
+ROTATION = "/v1/access/approval-keys/rotation"
+
+
+async def test_a_rotated_approval_key_signs_from_then_on_and_what_it_signed_still_verifies(
+    api: Api, tmp_path: Path, service: AccessService, store: EventStore
+) -> None:
+    a = await create_tenant(api, with_roles=(Role.APPROVER, Role.REQUESTER, Role.AUDITOR))
+    b = await create_tenant(api, with_roles=(Role.APPROVER,))
+    owner, approver = a.owner, a.members[Role.APPROVER]
+    requester, auditor = a.members[Role.REQUESTER], a.members[Role.AUDITOR]
+    tenant = UUID(a.tenant_id)
+    connector_id = await connector(api, a)
+    b_first = await api.request("POST", ROTATION, b.owner.token)
+    assert b_first.status_code == 200, b_first.text
+    b_keys = (await api.request("GET", "/v1/access/approval-keys", b.owner.token)).json()
+
+    assert_problem(await api.request("POST", ROTATION, approver.token), 403)
+    first = await api.request("POST", ROTATION, owner.token)  # no key yet: the first one
+    assert first.status_code == 200, first.text
+    assert first.json()["retired_key_id"] is None
+    k1 = first.json()["key"]["key_id"]
+    r1 = await submit(api, requester, connector_id)
+    d1 = await decide(api, approver, r1["request_id"])
+    assert d1.status_code == 201 and d1.json()["key_id"] == k1, d1.text
+
+    # Another process rotates (``service``: its own pool and key cache, on this event
+    # loop): the app still holds k1 unsealed, and must not sign with it.
+    rotated = await service.keys.rotate(tenant, Actor("user", owner.member_id))
+    k2 = rotated.key.key_id
+    assert rotated.retired == k1 and k2 != k1
+    r2 = await submit(api, requester, connector_id)
+    d2 = await decide(api, approver, r2["request_id"])
+    assert d2.status_code == 201 and d2.json()["key_id"] == k2, d2.text
+
+    third = await api.request("POST", ROTATION, owner.token)
+    assert third.status_code == 200 and third.json()["retired_key_id"] == k2, third.text
+    k3 = third.json()["key"]["key_id"]
+    keys = (await api.request("GET", "/v1/access/approval-keys", auditor.token)).json()
+    assert [k["key_id"] for k in keys] == [k1, k2, k3]
+    assert [k["retired_at"] is not None for k in keys] == [True, True, False]
+    assert keys[2] == third.json()["key"]
+    published = {k["key_id"]: k for k in keys}
+    for decision, request in ((d1, r1), (d2, r2)):
+        body = decision.json()
+        key = published[body["key_id"]]
+        assert verify_decision(
+            base64.b64decode(key["public_key"]),
+            base64.b64decode(body["manifest"]),
+            base64.b64decode(body["signature"]),
+        )
+        if shutil.which("openssl"):
+            assert openssl_verifies(
+                tmp_path, key["public_key_pem"], body["manifest"], body["signature"]
+            )
+        seen = await history(
+            api, auditor.token, request["request_id"], decision.headers["strongroom-position"]
+        )
+        [approved] = [h for h in seen["history"] if h["type"] == "approved"]
+        assert approved["key_id"] == body["key_id"] and approved["signature_valid"] is True
+
+    log = await store.read_stream(tenant, approval_key_stream(tenant))
+    assert [(e.type, e.data["key_id"]) for e in log] == [
+        ("approval_key.created", k1),
+        ("approval_key.retired", k1),
+        ("approval_key.created", k2),
+        ("approval_key.retired", k2),
+        ("approval_key.created", k3),
+    ]
+    assert log[3].data["successor"] == k3 and log[3].actor.id == owner.member_id
+    # Tenant B's key did not move.
+    assert (await api.request("GET", "/v1/access/approval-keys", b.owner.token)).json() == b_keys
