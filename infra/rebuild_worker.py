@@ -24,7 +24,7 @@ from infra.collector import tune_collector
 from infra.db import create_pool
 from infra.eventstore import EventStore
 from infra.keyring import Keyring
-from infra.projector import Applier
+from infra.projector import Applier, describe
 from infra.readmodels import _build_tenant, _Built, _HelperSetup, _pooled
 
 Say = Callable[[str], None]
@@ -79,6 +79,15 @@ def _innermost(error: BaseException) -> BaseException:
     return error
 
 
+def _reported(error: BaseException) -> str:
+    """What the parent shows: our own errors' messages (they name tenants and keys, never
+    data); for any other, its class and where, since a driver's message can quote a
+    value (a unique violation quotes the key, an e-mail address perhaps)."""
+    if type(error).__module__.split(".")[0] in ("infra", "domain"):
+        return f"{type(error).__name__}: {error}"
+    return describe(error)
+
+
 def main() -> None:
     say = _answers()
     tune_collector()
@@ -86,9 +95,8 @@ def main() -> None:
         asyncio.run(_serve(say))
     except BaseException as e:
         traceback.print_exc()
-        cause = _innermost(e)
         # The last line is what the parent reports.
-        print(f"{type(cause).__name__}: {cause}", file=sys.stderr, flush=True)
+        print(_reported(_innermost(e)), file=sys.stderr, flush=True)
         sys.exit(1)
 
 
