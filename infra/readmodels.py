@@ -231,7 +231,8 @@ async def rebuild(
     """Rebuild ``projection`` (for every tenant, or one) from the store and swap it in.
 
     ``concurrency`` tenants at a time in each process; up to ``workers`` processes (one
-    per ``events_per_worker`` events, helpers need ``spec``), for every tenant only.
+    per ``events_per_worker`` events and at most one per tenant; helpers need ``spec``),
+    for every tenant only.
     """
     if min(workers, concurrency, events_per_worker) < 1:
         raise ValueError("workers, concurrency and events_per_worker are at least 1")
